@@ -1,0 +1,1 @@
+"""nsed: N-Way Self-Evaluating Deliberation."""

@@ -1,0 +1,239 @@
+"""Configuration as values: who deliberates (TeamSpec of ModelSpecs) and how (DeliberationConfig).
+
+Everything is a pydantic model, loadable from TOML, rejected at the edge with a ConfigError that
+says what to change. API keys are read from the environment (``api_key_env``) or given as a
+SecretStr; they never appear in ``repr``, ``model_dump`` or JSON output.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from nsed.errors import ConfigError
+
+TaskKind = Literal["math", "code", "text"]
+TASK_KINDS: tuple[str, ...] = ("math", "code", "text")
+StructuredMode = Literal["json_schema", "json_object", "none"]
+QVMode = Literal["budget_signed", "sqrt_raw"]
+M = TypeVar("M", bound=BaseModel)
+
+# Personas used to make replicas of one endpoint (and the default local team) diverse.
+DEFAULT_PERSONAS: tuple[str, ...] = (
+    "a careful verifier who checks every step and distrusts unproven claims",
+    "a creative problem solver who looks for a different route to the answer",
+    "a concise expert who goes straight to the decisive argument",
+    "a skeptical critic who hunts for the weakest step in each argument",
+    "a systematic analyst who enumerates cases before concluding",
+)
+
+
+class ModelSpec(BaseModel):
+    """One model endpoint as listed under ``[[models]]`` in a team TOML."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=64, description="label used in traces")
+    base_url: str = Field(description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8001/v1")
+    model: str = Field(min_length=1, description="model id sent to the backend")
+    api_key_env: str | None = None
+    api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
+    input_price: float = Field(default=0.0, ge=0, description="$ per 1M input tokens")
+    output_price: float = Field(default=0.0, ge=0, description="$ per 1M output tokens")
+    persona: str | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    structured: StructuredMode = "json_schema"
+    replicas: int = Field(default=1, ge=1, le=16)
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_concurrency: int = Field(default=4, ge=1, description="in-flight calls to this endpoint")
+    max_retries: int = Field(default=3, ge=0, le=10)
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://", "sim://")):
+            raise ValueError(
+                f"base_url {value!r} must start with http:// or https:// "
+                "(for example http://127.0.0.1:8001/v1)"
+            )
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("name must not be blank")
+        return value.strip()
+
+    def resolved_api_key(self) -> str | None:
+        """The API key to send, from ``api_key`` or the environment variable ``api_key_env``."""
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_env:
+            return os.environ.get(self.api_key_env) or None
+        return None
+
+
+class AgentSpec(BaseModel):
+    """One seat at the table: a model spec expanded from ``replicas``, with its own persona/seed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    spec: ModelSpec
+    persona: str | None = None
+    temperature: float | None = None
+    seed: int | None = None
+    role: str | None = None
+
+
+class TeamSpec(BaseModel):
+    """The agents that deliberate: exactly the models listed, replicas expanded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    models: list[ModelSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_team(self) -> TeamSpec:
+        names = [m.name for m in self.models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"model names must be unique; repeated: {', '.join(duplicates)}")
+        if sum(m.replicas for m in self.models) < 2:
+            raise ValueError(
+                "a team needs at least 2 agents for cross-review: list 2+ models "
+                "or set replicas = 2 or more"
+            )
+        return self
+
+    def agents(self) -> list[AgentSpec]:
+        """Expand replicas into seats; replicas differ in persona, temperature and seed."""
+        seats: list[AgentSpec] = []
+        for spec in self.models:
+            for i in range(spec.replicas):
+                name = spec.name if spec.replicas == 1 else f"{spec.name}-{i + 1}"
+                persona = spec.persona
+                temperature = spec.temperature
+                seed = spec.seed
+                if spec.replicas > 1:
+                    persona = persona or DEFAULT_PERSONAS[i % len(DEFAULT_PERSONAS)]
+                    if i > 0 and persona == spec.persona:
+                        persona = DEFAULT_PERSONAS[i % len(DEFAULT_PERSONAS)]
+                    base_t = 0.7 if temperature is None else temperature
+                    temperature = round(min(2.0, base_t + 0.15 * i), 3)
+                    seed = (seed or 0) + 1000 * (i + 1)
+                seats.append(
+                    AgentSpec(
+                        name=name, spec=spec, persona=persona, temperature=temperature, seed=seed
+                    )
+                )
+        return seats
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> TeamSpec:
+        return cls.model_validate_toml(load_toml(path), source=str(path))
+
+    @classmethod
+    def model_validate_toml(cls, data: dict[str, Any], *, source: str = "team") -> TeamSpec:
+        return validate_or_config_error(cls, data, source)
+
+
+class DeliberationConfig(BaseModel):
+    """How one deliberation runs. Defaults follow DESIGN.md; every value is overridable."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: TaskKind = "text"
+    max_rounds: int = Field(default=4, ge=1, le=50)
+    min_rounds: int = Field(default=2, ge=1, le=50)
+    qv_mode: QVMode = "budget_signed"
+    # Unanimity: stop when every final answer agrees with conviction >= threshold for N rounds.
+    unanimity_conviction: float = Field(default=0.3, ge=-1, le=1)
+    unanimity_rounds: int = Field(default=2, ge=1)
+    # Efficiency-fatigue rule: halt when accumulated evidence >= effort * positive budget.
+    fatigue_rule: bool = True
+    effort: float = Field(default=0.6, ge=0, le=1)
+    fatigue_p_g: float = Field(default=0.5, ge=0, le=1)
+    fatigue_p_v: float = Field(default=0.8, ge=0, le=1)
+    fatigue_lambda: float = Field(default=1.0, gt=0)
+    fatigue_beta: float = Field(default=0.003, ge=0)
+    # Forget gate.
+    gamma: float = Field(default=0.5, ge=0, le=1, description="decay of older material per round")
+    keep_threshold: float = Field(default=0.5, ge=0, le=1, description="gamma^age >= keep")
+    drop_threshold: float = Field(default=0.2, ge=0, le=1, description="gamma^age < this: dropped")
+    state_token_cap: int = Field(default=1200, ge=100, description="hard cap on the carried state")
+    merge_similarity: float = Field(default=0.92, gt=0, le=1)
+    embeddings: Literal["auto", "on", "off"] = "auto"
+    # Calls.
+    max_tokens: int | None = Field(default=1024, ge=1, description="completion cap per call")
+    call_timeout_s: float | None = Field(default=None, gt=0)
+    max_question_chars: int = Field(default=20_000, ge=1)
+    candidate_chars: int = Field(default=4000, ge=200, description="shown per candidate")
+    # Budgets (None = unlimited).
+    budget_usd: float | None = Field(default=None, ge=0)
+    budget_tokens: int | None = Field(default=None, ge=1)
+    seed: int | None = Field(default=None, description="seed for label shuffling")
+    system_context: str | None = Field(default=None, description="extra context for every agent")
+
+    @model_validator(mode="after")
+    def _check_rounds(self) -> DeliberationConfig:
+        if self.min_rounds > self.max_rounds:
+            raise ValueError(
+                f"min_rounds ({self.min_rounds}) must not exceed max_rounds ({self.max_rounds})"
+            )
+        if self.drop_threshold > self.keep_threshold:
+            raise ValueError("drop_threshold must not exceed keep_threshold")
+        return self
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> DeliberationConfig:
+        data = load_toml(path)
+        return validate_or_config_error(cls, data.get("deliberation", data), str(path))
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file, turning I/O and syntax errors into ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p} (check the path)")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML in {p}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {p}: {exc.strerror}") from None
+
+
+def validate_or_config_error(model: type[M], data: Any, source: str) -> M:
+    """Validate ``data`` as ``model``; a failure becomes one readable ConfigError."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {format_validation_error(exc)}") from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem: ``models.0.input_price: must be >= 0``."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "value"
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)

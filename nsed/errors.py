@@ -1,0 +1,110 @@
+"""The typed exceptions a user of nsed can catch.
+
+Every error nsed raises on purpose derives from :class:`NsedError`. Subclasses are grouped by
+what the user must do differently: fix the configuration or input, fix or wait for a backend,
+add agents, raise a budget, relax the team constraints. Messages say what to change, and never
+contain an API key.
+"""
+
+from __future__ import annotations
+
+
+class NsedError(Exception):
+    """Anything nsed raises on purpose."""
+
+
+# --- Input and configuration ------------------------------------------------------------------
+
+
+class ConfigError(NsedError, ValueError):
+    """A configuration value, a TOML file or a call argument is invalid; the message says which."""
+
+
+class InvalidQuestion(ConfigError):
+    """The question is empty, whitespace, or longer than the configured limit."""
+
+
+class DataError(NsedError, ValueError):
+    """A benchmark data file is missing, malformed (names the line) or of unknown format."""
+
+
+# --- Backends ---------------------------------------------------------------------------------
+
+
+class BackendError(NsedError):
+    """A model endpoint failed after retries, or answered something unusable.
+
+    ``endpoint`` is the base URL (never with credentials), ``status`` the last HTTP status (None
+    for connection errors), ``attempts`` how many tries were made.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint: str | None = None,
+        status: int | None = None,
+        attempts: int = 1,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.status = status
+        self.attempts = attempts
+        self.retryable = retryable
+
+
+class BackendUnreachable(BackendError):
+    """The endpoint could not be connected to at all (wrong URL, server down)."""
+
+
+class BackendTimeout(BackendError):
+    """The endpoint did not answer within the per-call timeout."""
+
+
+# --- Deliberation -----------------------------------------------------------------------------
+
+
+class QuorumLost(NsedError):
+    """Fewer than two agents are still alive, so no cross-review is possible."""
+
+    def __init__(self, message: str, *, live_agents: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.live_agents = live_agents or []
+
+
+class BudgetExceeded(NsedError):
+    """A token or dollar budget ran out before a single round could complete."""
+
+
+# --- Team selection ---------------------------------------------------------------------------
+
+
+class InfeasibleTeam(NsedError):
+    """No team satisfies the broker's constraints; ``constraints`` names the binding ones."""
+
+    def __init__(self, message: str, *, constraints: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.constraints = constraints or []
+
+
+# --- Persistence ------------------------------------------------------------------------------
+
+
+class StoreError(NsedError):
+    """The database could not be opened or written (locked, corrupt, wrong URL)."""
+
+
+__all__ = [
+    "BackendError",
+    "BackendTimeout",
+    "BackendUnreachable",
+    "BudgetExceeded",
+    "ConfigError",
+    "DataError",
+    "InfeasibleTeam",
+    "InvalidQuestion",
+    "NsedError",
+    "QuorumLost",
+    "StoreError",
+]

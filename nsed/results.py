@@ -1,0 +1,118 @@
+"""The typed result of a deliberation: what went in, what every agent said, how it was scored.
+
+All models are pydantic and JSON-serialisable; ``Deliberation.model_dump_json()`` is the trace
+that ``nsed ask --json`` prints, the server returns and the store keeps. Agents appear by their
+public names; the anonymous labels used during review stay internal.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, Field
+
+
+class Usage(BaseModel):
+    """Token and dollar accounting, summed over successful HTTP calls."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    calls: int = 0
+    retries: int = 0
+    failed_calls: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def add(self, other: Usage) -> None:
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.cost_usd += other.cost_usd
+        self.calls += other.calls
+        self.retries += other.retries
+        self.failed_calls += other.failed_calls
+
+
+class Proposal(BaseModel):
+    """One agent's answer in one round."""
+
+    agent: str
+    reasoning: str = ""
+    answer: str
+    final: str | None = None
+    parse_error: str | None = Field(default=None, description="what could not be parsed, if any")
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+
+
+class Review(BaseModel):
+    """One reviewer's score of one candidate. Dropped reviews are kept, with the reason."""
+
+    reviewer: str
+    candidate: str | None
+    score: float | None
+    critique: str = ""
+    dropped_reason: str | None = None
+
+
+class Failure(BaseModel):
+    """A call that failed after retries; the agent was skipped for that phase."""
+
+    agent: str
+    phase: str
+    error: str
+
+
+class RoundRecord(BaseModel):
+    """Everything about one round: proposals, reviews, the vote and the stop statistics."""
+
+    index: int
+    proposals: list[Proposal] = Field(default_factory=list)
+    reviews: list[Review] = Field(default_factory=list)
+    support: dict[str, float] = Field(default_factory=dict, description="S_i per agent")
+    net_support: dict[str, float] = Field(default_factory=dict)
+    variance: dict[str, float] = Field(default_factory=dict, description="of raw scores received")
+    mean_score: dict[str, float] = Field(default_factory=dict)
+    winner: str | None = None
+    winner_final: str | None = None
+    conviction: float = 0.0
+    unanimous: bool = False
+    du_dt: float | None = None
+    evidence: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    wall_s: float = 0.0
+    state_tokens: int = 0
+    failures: list[Failure] = Field(default_factory=list)
+
+
+class AgentInfo(BaseModel):
+    """Who took part (no secrets)."""
+
+    name: str
+    model: str
+    base_url: str
+    persona: str | None = None
+    role: str | None = None
+
+
+class Deliberation(BaseModel):
+    """The outcome: the last completed round's winner, plus the full trace."""
+
+    id: str
+    question: str
+    kind: str
+    answer: str
+    final: str | None
+    winner: str | None
+    stopped_because: str
+    rounds: list[RoundRecord]
+    usage: Usage
+    agents: list[AgentInfo]
+    started_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    wall_s: float = 0.0
+    config: dict = Field(default_factory=dict)
