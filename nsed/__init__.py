@@ -1,1 +1,81 @@
-"""nsed: N-Way Self-Evaluating Deliberation."""
+"""nsed: N-Way Self-Evaluating Deliberation.
+
+Several LLMs on OpenAI-compatible endpoints propose, review each other anonymously, vote
+quadratically and iterate in rounds; the winner of the last completed round is the answer.
+
+    >>> from nsed import deliberate
+    >>> result = deliberate("What is 17 * 23?", kind="math")
+    >>> result.final
+"""
+
+from nsed.config import AgentSpec, DeliberationConfig, ModelSpec, TeamSpec
+from nsed.council import Council, adeliberate, deliberate, resolve_team
+from nsed.errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnreachable,
+    BudgetExceeded,
+    ConfigError,
+    DataError,
+    InfeasibleTeam,
+    InvalidQuestion,
+    NsedError,
+    QuorumLost,
+    StoreError,
+)
+from nsed.orchestrator.events import (
+    AgentBenched,
+    AgentFailed,
+    AgentPromoted,
+    AgentReleased,
+    AgentSignedOn,
+    Event,
+    Finished,
+    ProposalReceived,
+    ReviewReceived,
+    RoundScored,
+    RoundStarted,
+)
+from nsed.results import AgentInfo, Deliberation, Proposal, Review, RoundRecord, Usage
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AgentBenched",
+    "AgentFailed",
+    "AgentInfo",
+    "AgentPromoted",
+    "AgentReleased",
+    "AgentSignedOn",
+    "AgentSpec",
+    "BackendError",
+    "BackendTimeout",
+    "BackendUnreachable",
+    "BudgetExceeded",
+    "ConfigError",
+    "Council",
+    "DataError",
+    "Deliberation",
+    "DeliberationConfig",
+    "Event",
+    "Finished",
+    "InfeasibleTeam",
+    "InvalidQuestion",
+    "ModelSpec",
+    "NsedError",
+    "Proposal",
+    "ProposalReceived",
+    "QuorumLost",
+    "Review",
+    "ReviewReceived",
+    "RoundRecord",
+    "RoundScored",
+    "RoundStarted",
+    "StoreError",
+    "TeamSpec",
+    "Usage",
+    "__version__",
+    "adeliberate",
+    "deliberate",
+    "resolve_team",
+]

@@ -176,10 +176,10 @@ class DeliberationConfig(BaseModel):
     fatigue_beta: float = Field(default=0.003, ge=0)
     # Forget gate.
     gamma: float = Field(default=0.5, ge=0, le=1, description="decay of older material per round")
-    keep_threshold: float = Field(default=0.5, ge=0, le=1, description="gamma^age >= keep")
+    keep_threshold: float = Field(default=0.6, ge=0, le=1, description="gamma^age >= keep")
     drop_threshold: float = Field(default=0.2, ge=0, le=1, description="gamma^age < this: dropped")
     state_token_cap: int = Field(default=1200, ge=100, description="hard cap on the carried state")
-    merge_similarity: float = Field(default=0.92, gt=0, le=1)
+    merge_similarity: float = Field(default=0.85, gt=0, le=1)
     embeddings: Literal["auto", "on", "off"] = "auto"
     # Calls.
     max_tokens: int | None = Field(default=1024, ge=1, description="completion cap per call")

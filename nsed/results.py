@@ -56,6 +56,7 @@ class Review(BaseModel):
     score: float | None
     critique: str = ""
     dropped_reason: str | None = None
+    clipped: bool = Field(default=False, description="score was outside [-100, 100]")
 
 
 class Failure(BaseModel):

@@ -1,0 +1,104 @@
+"""An agent: one seat at the council, bound to a backend, that proposes and reviews.
+
+The agent only builds prompts, calls its backend and parses; it knows nothing of other agents'
+identities. Anonymisation, self-vote masking and scoring are the orchestrator's job, so that a
+misbehaving model cannot influence them.
+"""
+
+from __future__ import annotations
+
+from nsed.agents import prompts
+from nsed.agents.backend import ChatBackend, Completion
+from nsed.agents.parsing import ParsedReviews, parse_proposal, parse_reviews
+from nsed.config import AgentSpec
+from nsed.results import Proposal
+
+
+class Agent:
+    """Proposer and reviewer for one deliberation."""
+
+    def __init__(
+        self,
+        seat: AgentSpec,
+        backend: ChatBackend,
+        *,
+        kind: str,
+        max_rounds: int,
+        max_tokens: int | None = None,
+        context: str | None = None,
+    ) -> None:
+        self.seat = seat
+        self.name = seat.name
+        self.backend = backend
+        self.kind = kind
+        self._max_tokens = seat.spec.max_tokens or max_tokens
+        self._system = prompts.system_prompt(
+            persona=seat.persona, kind=kind, max_rounds=max_rounds, context=context
+        )
+
+    def _messages(self, user: str) -> list[dict[str, str]]:
+        return [{"role": "system", "content": self._system}, {"role": "user", "content": user}]
+
+    def _seed(self, round_index: int, phase: int) -> int | None:
+        # A different seed per round and phase keeps sampling diverse yet reproducible.
+        return None if self.seat.seed is None else self.seat.seed + 10 * round_index + phase
+
+    async def propose(
+        self, question: str, *, round_index: int, state_view: str | None
+    ) -> tuple[Proposal, Completion]:
+        user = prompts.proposal_prompt(
+            round_index=round_index, question=question, state_view=state_view
+        )
+        completion = await self.backend.complete(
+            self._messages(user),
+            temperature=self.seat.temperature,
+            max_tokens=self._max_tokens,
+            seed=self._seed(round_index, 0),
+            schema=prompts.proposal_schema(),
+            schema_name=prompts.PROPOSAL_SCHEMA_NAME,
+        )
+        parsed = parse_proposal(completion.text, self.kind)  # type: ignore[arg-type]
+        proposal = Proposal(
+            agent=self.name,
+            reasoning=parsed.reasoning,
+            answer=parsed.answer,
+            final=parsed.final,
+            parse_error=parsed.error,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            latency_s=completion.latency_s,
+        )
+        return proposal, completion
+
+    async def evaluate(
+        self,
+        question: str,
+        *,
+        round_index: int,
+        own_answer: str | None,
+        own_label: str | None,
+        candidates: list[tuple[str, str]],
+    ) -> tuple[ParsedReviews, Completion]:
+        """Score the (label, text) candidates; returns parsed items with labels, not names.
+
+        The own label is accepted by the parser (so a self-score is seen and can be dropped by
+        the orchestrator as a self-review) but excluded from the schema's enum.
+        """
+        labels = [label for label, _ in candidates]
+        user = prompts.review_prompt(
+            round_index=round_index,
+            question=question,
+            own_answer=own_answer,
+            own_label=own_label,
+            candidates=candidates,
+        )
+        completion = await self.backend.complete(
+            self._messages(user),
+            temperature=self.seat.temperature,
+            max_tokens=self._max_tokens,
+            seed=self._seed(round_index, 1),
+            schema=prompts.review_schema(labels),
+            schema_name=prompts.REVIEW_SCHEMA_NAME,
+        )
+        known = [*labels, own_label] if own_label else labels
+        return parse_reviews(completion.text, known), completion

@@ -1,0 +1,429 @@
+"""Talking to models: the ChatBackend protocol and the OpenAI-compatible HTTP client.
+
+Everything that calls a model goes through ``ChatBackend.complete``. The HTTP implementation
+shares one ``httpx.AsyncClient`` and one concurrency limiter per endpoint (``EndpointPool``), so
+agents on the same server reuse keep-alive connections and never exceed the server's slots.
+Retries use exponential backoff with full jitter on connect errors, 429 and 5xx, and honour
+``Retry-After``. Known quirks of llama.cpp's server are handled here, at the boundary:
+
+* a request right after a streamed reply on a kept-alive connection may fail with "Server
+  disconnected": retried at once on a fresh connection, without counting as a backoff step;
+* with ``n > 1`` its usage counts one choice only: completion tokens are re-estimated;
+* an unknown model id is accepted silently: ``preflight`` checks ``/models`` and warns.
+
+API keys are sent as ``Authorization: Bearer`` and never logged or put in an error message.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import anyio
+import httpx
+from pydantic import BaseModel
+
+from nsed.config import ModelSpec, StructuredMode
+from nsed.errors import BackendError, BackendTimeout, BackendUnreachable
+
+log = logging.getLogger("nsed.backend")
+
+RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+MAX_RETRY_AFTER_S = 30.0
+
+
+class Completion(BaseModel):
+    """One successful chat completion, with its accounting."""
+
+    text: str
+    texts: list[str] = []
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_s: float = 0.0
+    retries: int = 0
+    usage_estimated: bool = False
+    model: str = ""
+
+
+@runtime_checkable
+class ChatBackend(Protocol):
+    """The one interface between nsed and a model."""
+
+    name: str
+    model: str
+    base_url: str
+
+    async def complete(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+        schema: dict[str, Any] | None = None,
+        schema_name: str = "response",
+        stop: list[str] | None = None,
+        n: int = 1,
+    ) -> Completion: ...
+
+    async def preflight(self) -> None: ...
+
+
+@dataclass
+class RetryPolicy:
+    """Backoff parameters; ``max_retries`` comes from the model spec."""
+
+    base_delay_s: float = 0.5
+    max_delay_s: float = 8.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), MAX_RETRY_AFTER_S)
+        cap = min(self.max_delay_s, self.base_delay_s * (2**attempt))
+        return random.uniform(cap / 2, cap)  # "equal jitter": never retries instantly
+
+
+@dataclass
+class _Endpoint:
+    client: httpx.AsyncClient
+    limiter: anyio.CapacityLimiter
+    checked_models: set[str] = field(default_factory=set)
+    structured_downgrade: StructuredMode | None = None
+
+
+class EndpointPool:
+    """One AsyncClient and one concurrency limiter per base URL, for one event loop.
+
+    Create it inside the loop that uses it and close it with ``aclose`` (or ``async with``).
+    """
+
+    def __init__(self) -> None:
+        self._endpoints: dict[str, _Endpoint] = {}
+
+    def endpoint(self, spec: ModelSpec) -> _Endpoint:
+        ep = self._endpoints.get(spec.base_url)
+        if ep is None:
+            limits = httpx.Limits(
+                max_connections=spec.max_concurrency + 4,
+                max_keepalive_connections=spec.max_concurrency,
+                keepalive_expiry=4.0,  # below llama.cpp's keep-alive timeout of 5 s
+            )
+            ep = _Endpoint(
+                client=httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(spec.timeout_s)),
+                limiter=anyio.CapacityLimiter(spec.max_concurrency),
+            )
+            self._endpoints[spec.base_url] = ep
+        return ep
+
+    async def aclose(self) -> None:
+        endpoints, self._endpoints = self._endpoints, {}
+        for ep in endpoints.values():
+            await ep.client.aclose()
+
+    async def __aenter__(self) -> EndpointPool:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def response_format_for(
+    mode: StructuredMode, schema: dict[str, Any] | None, name: str
+) -> dict[str, Any] | None:
+    """The ``response_format`` field for a structured-output mode (None: send nothing)."""
+    if schema is None or mode == "none":
+        return None
+    if mode == "json_object":
+        return {"type": "json_object"}
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date)."""
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _error_detail(response: httpx.Response) -> str:
+    """A short, secret-free description of an error response."""
+    try:
+        body = response.json()
+        if isinstance(body, dict):
+            err = body.get("error", body)
+            msg = err.get("message") if isinstance(err, dict) else err
+            if msg:
+                return str(msg)[:300]
+    except ValueError:
+        pass
+    return response.text[:300] or response.reason_phrase
+
+
+class HTTPBackend:
+    """An OpenAI-compatible ``/chat/completions`` endpoint (vLLM, llama.cpp, hosted APIs)."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        pool: EndpointPool,
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
+        self.spec = spec
+        self.name = name or spec.name
+        self.model = spec.model
+        self.base_url = spec.base_url
+        self._pool = pool
+        self._retry = retry or RetryPolicy()
+        self._timeout_s = timeout_s or spec.timeout_s
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        key = self.spec.resolved_api_key()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    async def preflight(self) -> None:
+        """Check that the endpoint answers and knows the model id; warn if it does not.
+
+        Raises BackendUnreachable when nothing listens at the URL. A missing ``/models`` route
+        is fine (some gateways do not have it).
+        """
+        ep = self._pool.endpoint(self.spec)
+        if self.model in ep.checked_models:
+            return
+        url = f"{self.base_url}/models"
+        try:
+            response = await ep.client.get(url, headers=self._headers(), timeout=10.0)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise BackendUnreachable(
+                f"cannot connect to {self.base_url} ({type(exc).__name__}): check that the "
+                "server is running and base_url is right",
+                endpoint=self.base_url,
+            ) from None
+        except httpx.HTTPError as exc:
+            log.warning("preflight of %s failed: %s", self.base_url, type(exc).__name__)
+            return
+        ep.checked_models.add(self.model)
+        if response.status_code != 200:
+            return
+        try:
+            ids = [m.get("id") for m in response.json().get("data", [])]
+        except (ValueError, AttributeError):
+            return
+        if ids and self.model not in ids:
+            log.warning(
+                "model %r is not listed by %s (it lists %s); the server may silently serve "
+                "another model",
+                self.model,
+                self.base_url,
+                ", ".join(map(str, ids[:5])),
+            )
+
+    async def complete(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+        schema: dict[str, Any] | None = None,
+        schema_name: str = "response",
+        stop: list[str] | None = None,
+        n: int = 1,
+    ) -> Completion:
+        ep = self._pool.endpoint(self.spec)
+        body: dict[str, Any] = {"model": self.model, "messages": messages}
+        temperature = temperature if temperature is not None else self.spec.temperature
+        if temperature is not None:
+            body["temperature"] = temperature
+        if self.spec.top_p is not None:
+            body["top_p"] = self.spec.top_p
+        max_tokens = max_tokens or self.spec.max_tokens
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        seed = seed if seed is not None else self.spec.seed
+        if seed is not None:
+            body["seed"] = seed
+        if stop:
+            body["stop"] = stop
+        if n > 1:
+            body["n"] = n
+        mode: StructuredMode = ep.structured_downgrade or self.spec.structured
+        fmt = response_format_for(mode, schema, schema_name)
+        if fmt is not None:
+            body["response_format"] = fmt
+
+        async with ep.limiter:
+            response, latency, retries = await self._post_with_retries(ep, body)
+            if (
+                response.status_code in (400, 422)
+                and fmt is not None
+                and "response_format" in response.text
+            ):
+                # The backend rejects this structured-output form: step down once and remember.
+                downgrade: StructuredMode = "json_object" if mode == "json_schema" else "none"
+                log.warning(
+                    "%s rejects %s output; falling back to %s", self.base_url, mode, downgrade
+                )
+                ep.structured_downgrade = downgrade
+                new_fmt = response_format_for(downgrade, schema, schema_name)
+                body.pop("response_format", None)
+                if new_fmt is not None:
+                    body["response_format"] = new_fmt
+                response, latency2, retries2 = await self._post_with_retries(ep, body)
+                latency += latency2
+                retries += retries2 + 1
+        if response.status_code != 200:
+            raise BackendError(
+                f"{self.base_url} answered HTTP {response.status_code}: {_error_detail(response)}",
+                endpoint=self.base_url,
+                status=response.status_code,
+                attempts=retries + 1,
+            )
+        return self._completion(response, latency, retries, n)
+
+    async def _post_with_retries(
+        self, ep: _Endpoint, body: dict[str, Any]
+    ) -> tuple[httpx.Response, float, int]:
+        """POST until a final response; returns it with the total latency and retry count."""
+        url = f"{self.base_url}/chat/completions"
+        headers = self._headers()
+        attempt = 0
+        retries = 0
+        fresh_connection_used = False
+        started = time.perf_counter()
+        while True:
+            try:
+                response = await ep.client.post(
+                    url, json=body, headers=headers, timeout=self._timeout_s
+                )
+            except httpx.RemoteProtocolError:
+                # llama.cpp keep-alive quirk: the pooled connection was closed under us.
+                if not fresh_connection_used:
+                    fresh_connection_used = True
+                    retries += 1
+                    continue
+                error: BackendError = BackendError(
+                    f"{self.base_url} closed the connection without a response",
+                    endpoint=self.base_url,
+                    attempts=attempt + 1,
+                    retryable=True,
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                error = BackendUnreachable(
+                    f"cannot connect to {self.base_url} ({type(exc).__name__})",
+                    endpoint=self.base_url,
+                    attempts=attempt + 1,
+                    retryable=True,
+                )
+            except httpx.TimeoutException:
+                raise BackendTimeout(
+                    f"{self.base_url} did not answer within {self._timeout_s:g} s",
+                    endpoint=self.base_url,
+                    attempts=attempt + 1,
+                ) from None
+            except httpx.HTTPError as exc:
+                error = BackendError(
+                    f"{self.base_url}: {type(exc).__name__}",
+                    endpoint=self.base_url,
+                    attempts=attempt + 1,
+                    retryable=True,
+                )
+            else:
+                if response.status_code not in RETRY_STATUSES:
+                    return response, time.perf_counter() - started, retries
+                error = BackendError(
+                    f"{self.base_url} answered HTTP {response.status_code}: "
+                    f"{_error_detail(response)}",
+                    endpoint=self.base_url,
+                    status=response.status_code,
+                    attempts=attempt + 1,
+                    retryable=True,
+                )
+                if attempt >= self.spec.max_retries:
+                    return response, time.perf_counter() - started, retries
+                wait = self._retry.delay(
+                    attempt, parse_retry_after(response.headers.get("retry-after"))
+                )
+                log.info("%s: HTTP %s, retry in %.2fs", self.base_url, response.status_code, wait)
+                attempt += 1
+                retries += 1
+                await anyio.sleep(wait)
+                continue
+            if attempt >= self.spec.max_retries:
+                raise error
+            wait = self._retry.delay(attempt, None)
+            log.info("%s: %s, retry in %.2fs", self.base_url, error, wait)
+            attempt += 1
+            retries += 1
+            await anyio.sleep(wait)
+
+    def _completion(
+        self, response: httpx.Response, latency: float, retries: int, n: int
+    ) -> Completion:
+        try:
+            data = response.json()
+            choices = data["choices"]
+            texts = [(c.get("message") or {}).get("content") or "" for c in choices]
+            finish = choices[0].get("finish_reason") if choices else None
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise BackendError(
+                f"{self.base_url} returned a response that is not a chat completion",
+                endpoint=self.base_url,
+                status=response.status_code,
+            ) from None
+        if not texts:
+            raise BackendError(f"{self.base_url} returned no choices", endpoint=self.base_url)
+        usage = data.get("usage") or {}
+        prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        completion_tokens = int(usage.get("completion_tokens") or 0)
+        estimated = False
+        if not usage:
+            prompt_tokens = 0
+            completion_tokens = sum(estimate_tokens(t) for t in texts)
+            estimated = True
+        elif n > 1 and len(texts) > 1:
+            # llama.cpp counts one choice only; when the reported figure looks like one choice,
+            # scale it to all choices by their relative lengths.
+            lengths = [max(1, estimate_tokens(t)) for t in texts]
+            if completion_tokens <= 1.5 * max(lengths):
+                completion_tokens = round(completion_tokens * sum(lengths) / lengths[0])
+                estimated = True
+        cost = (
+            prompt_tokens * self.spec.input_price + completion_tokens * self.spec.output_price
+        ) / 1e6
+        return Completion(
+            text=texts[0],
+            texts=texts,
+            finish_reason=finish,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost_usd=cost,
+            latency_s=latency,
+            retries=retries,
+            usage_estimated=estimated,
+            model=str(data.get("model") or self.model),
+        )
+
+
+def estimate_tokens(text: str) -> int:
+    """A rough token count (about 4 characters per token) for budgets and missing usage."""
+    return (len(text) + 3) // 4

@@ -1,0 +1,422 @@
+"""vLLM extras: live load from ``/metrics``, and the ``vllm serve`` command line.
+
+vLLM publishes Prometheus text at ``{server root}/metrics``. Three gauges say how busy a server
+is right now: ``vllm:num_requests_waiting`` (queued), ``vllm:num_requests_running`` (in the
+batch) and ``vllm:kv_cache_usage_perc`` (KV-cache blocks in use, 0..1; older servers call it
+``vllm:gpu_cache_usage_perc``). The broker uses them as live load to discount a busy model's
+value. Any other server (llama.cpp, a hosted API) simply has no load signal: every failure to
+scrape (no endpoint, non-200, unparsable or non-vLLM metrics) is ``None``, never an exception.
+:class:`MetricsCache` keeps each server's signal for a short TTL so that choosing a team does
+not hammer ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Iterable
+
+import anyio
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+from nsed.errors import ConfigError, DataError
+
+log = logging.getLogger("nsed.vllm")
+
+WAITING = "vllm:num_requests_waiting"
+RUNNING = "vllm:num_requests_running"
+KV_CACHE = "vllm:kv_cache_usage_perc"
+KV_CACHE_OLD = "vllm:gpu_cache_usage_perc"
+
+# --- Prometheus text format ---------------------------------------------------------------------
+
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_ESCAPES = {"\\": "\\", '"': '"', "n": "\n"}
+
+
+class Sample(BaseModel):
+    """One sample line: ``name{labels} value [timestamp]``.
+
+    ``timestamp`` is kept as written (milliseconds in the Prometheus text format, seconds in
+    OpenMetrics); None when absent.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    value: float
+    timestamp: float | None = None
+
+
+def parse_prometheus(text: str) -> dict[str, list[Sample]]:
+    """Parse Prometheus text exposition format into samples grouped by sample name.
+
+    Histogram and summary series keep their own names (``x_bucket``, ``x_sum``, ``x_count``).
+    ``# HELP``/``# TYPE`` lines and other comments are skipped; label values may contain
+    escaped ``\\\\``, ``\\"`` and ``\\n``; values may be ``NaN``, ``+Inf`` or ``-Inf``; quoted
+    (UTF-8) metric names in braces and OpenMetrics exemplars (`` # {...} v``) are accepted.
+    A malformed line is a DataError naming its line number.
+    """
+    samples: dict[str, list[Sample]] = {}
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            sample = _parse_line(line)
+        except ValueError as exc:
+            shown = line if len(line) <= 120 else line[:117] + "..."
+            raise DataError(f"metrics line {lineno}: {exc}: {shown!r}") from None
+        samples.setdefault(sample.name, []).append(sample)
+    return samples
+
+
+def _parse_line(line: str) -> Sample:
+    name: str | None = None
+    pos = 0
+    match = _METRIC_NAME.match(line)
+    if match:
+        name, pos = match.group(), match.end()
+    elif not line.startswith("{"):
+        raise ValueError("expected a metric name")
+    labels: dict[str, str] = {}
+    brace = _skip_blanks(line, pos)
+    if brace < len(line) and line[brace] == "{":
+        pos, name = _parse_labels(line, brace + 1, labels, name)
+    if name is None:
+        raise ValueError("missing metric name")
+    rest = line[pos:]
+    if rest and rest[0] not in " \t":
+        raise ValueError("expected a blank before the value")
+    tokens = rest.split()
+    if "#" in tokens:  # OpenMetrics exemplar
+        tokens = tokens[: tokens.index("#")]
+    if not 1 <= len(tokens) <= 2:
+        raise ValueError("expected a value and an optional timestamp")
+    value = _parse_float(tokens[0])
+    timestamp = _parse_float(tokens[1]) if len(tokens) == 2 else None
+    return Sample(name=name, labels=labels, value=value, timestamp=timestamp)
+
+
+def _skip_blanks(line: str, pos: int) -> int:
+    while pos < len(line) and line[pos] in " \t":
+        pos += 1
+    return pos
+
+
+def _parse_labels(
+    line: str, pos: int, labels: dict[str, str], name: str | None
+) -> tuple[int, str | None]:
+    """Parse ``label="value", ...}`` from ``pos``; returns the position after ``}``."""
+    first = True
+    while True:
+        pos = _skip_blanks(line, pos)
+        if pos >= len(line):
+            raise ValueError("unterminated label set")
+        if line[pos] == "}":
+            return pos + 1, name
+        if line[pos] == '"':
+            key, pos = _parse_quoted(line, pos + 1)
+            pos = _skip_blanks(line, pos)
+            if first and name is None and pos < len(line) and line[pos] in ",}":
+                name = key  # {"quoted.metric.name", label="v"}
+                first = False
+                pos = pos + 1 if line[pos] == "," else pos
+                continue
+        else:
+            match = _LABEL_NAME.match(line, pos)
+            if not match:
+                raise ValueError(f"bad label name at column {pos + 1}")
+            key, pos = match.group(), _skip_blanks(line, match.end())
+        first = False
+        if pos >= len(line) or line[pos] != "=":
+            raise ValueError(f"expected '=' after label {key!r}")
+        pos = _skip_blanks(line, pos + 1)
+        if pos >= len(line) or line[pos] != '"':
+            raise ValueError(f"label {key!r} value must be in double quotes")
+        value, pos = _parse_quoted(line, pos + 1)
+        if key in labels:
+            raise ValueError(f"duplicate label {key!r}")
+        labels[key] = value
+        pos = _skip_blanks(line, pos)
+        if pos >= len(line):
+            raise ValueError("unterminated label set")
+        if line[pos] == ",":
+            pos += 1
+        elif line[pos] != "}":
+            raise ValueError("expected ',' or '}' after a label")
+
+
+def _parse_quoted(line: str, pos: int) -> tuple[str, int]:
+    """Read a quoted string starting after its opening quote; returns (text, pos after it)."""
+    out: list[str] = []
+    while pos < len(line):
+        char = line[pos]
+        if char == '"':
+            return "".join(out), pos + 1
+        if char == "\\" and pos + 1 < len(line):
+            nxt = line[pos + 1]
+            out.append(_ESCAPES.get(nxt, "\\" + nxt))
+            pos += 2
+            continue
+        out.append(char)
+        pos += 1
+    raise ValueError("unterminated quoted string")
+
+
+def _parse_float(token: str) -> float:
+    """Go-style float: decimal or exponent forms, NaN, ±Inf (no underscores, no hex)."""
+    if "_" in token or token.lower().startswith(("0x", "+0x", "-0x")):
+        raise ValueError(f"bad number {token!r}")
+    try:
+        return float(token)
+    except ValueError:
+        raise ValueError(f"bad number {token!r}") from None
+
+
+# --- Load signal --------------------------------------------------------------------------------
+
+
+class LoadSignal(BaseModel):
+    """How busy a vLLM server is now, and one number for it.
+
+    ``load = 1 − (1 − kv_cache_usage) · (1 − queue_pressure)`` with ``queue_pressure =
+    waiting / (waiting + running)`` (0 with nothing waiting): treating a full KV cache and a
+    queue as independent sources of contention, it is 0 for an idle server, 1 when the cache
+    is full or every request is queued, and at least 0.5 when as many requests wait as run.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    waiting: float = Field(ge=0)
+    running: float = Field(ge=0)
+    kv_cache_usage: float = Field(ge=0, le=1)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def queue_pressure(self) -> float:
+        total = self.waiting + self.running
+        return self.waiting / total if self.waiting > 0 else 0.0
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def load(self) -> float:
+        value = 1.0 - (1.0 - self.kv_cache_usage) * (1.0 - self.queue_pressure)
+        return min(1.0, max(0.0, value))
+
+
+def load_from_metrics(
+    samples: dict[str, list[Sample]], *, model: str | None = None
+) -> LoadSignal | None:
+    """The load signal in parsed metrics; None when none of vLLM's gauges are there.
+
+    Counts are summed over engines (data-parallel ranks); KV-cache usage is the highest engine's.
+    With ``model``, samples labelled with another ``model_name`` are ignored. A missing gauge
+    counts as 0; NaN samples are ignored; a usage above 1 is read as a percentage.
+    """
+
+    def values(name: str) -> list[float]:
+        out = []
+        for s in samples.get(name, []):
+            if model is not None and s.labels.get("model_name", model) != model:
+                continue
+            if not math.isnan(s.value):
+                out.append(s.value)
+        return out
+
+    waiting, running = values(WAITING), values(RUNNING)
+    kv = values(KV_CACHE) or values(KV_CACHE_OLD)
+    if not (waiting or running or kv):
+        return None
+    usage = max(kv, default=0.0)
+    if usage > 1.0:
+        usage /= 100.0
+    return LoadSignal(
+        waiting=_clamp(sum(waiting), _MAX_COUNT),
+        running=_clamp(sum(running), _MAX_COUNT),
+        kv_cache_usage=_clamp(usage, 1.0),
+    )
+
+
+_MAX_COUNT = 1e12  # keeps +Inf counts finite so the load stays a number
+
+
+def _clamp(value: float, top: float) -> float:
+    return min(top, max(0.0, value))
+
+
+def metrics_url(base_url: str) -> str | None:
+    """``{server root}/metrics`` for an OpenAI base URL (a trailing ``/v1`` is dropped)."""
+    url = base_url.strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        return None
+    return url.removesuffix("/v1") + "/metrics"
+
+
+async def fetch_load(
+    client: httpx.AsyncClient,
+    base_url: str,
+    *,
+    model: str | None = None,
+    timeout_s: float = 2.0,
+) -> LoadSignal | None:
+    """Scrape a server's ``/metrics`` for vLLM's load gauges; None when there is no signal."""
+    url = metrics_url(base_url)
+    if url is None:
+        return None
+    try:
+        response = await client.get(url, timeout=timeout_s)
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        log.debug("no load signal from %s: %s", url, type(exc).__name__)
+        return None
+    if response.status_code != 200:
+        log.debug("no load signal from %s: HTTP %s", url, response.status_code)
+        return None
+    try:
+        samples = parse_prometheus(response.text)
+    except DataError as exc:
+        log.debug("no load signal from %s: %s", url, exc)
+        return None
+    return load_from_metrics(samples, model=model)
+
+
+class MetricsCache:
+    """Load signals per server, kept for ``ttl_s`` seconds (a missing signal is cached too).
+
+    ``clock`` is injectable so that expiry can be tested without sleeping.
+    """
+
+    def __init__(
+        self,
+        ttl_s: float = 2.0,
+        *,
+        timeout_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if ttl_s < 0:
+            raise ConfigError(f"ttl_s = {ttl_s} must be >= 0")
+        self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
+        self._clock = clock
+        self._entries: dict[tuple[str, str | None], tuple[float, LoadSignal | None]] = {}
+
+    def _key(self, base_url: str, model: str | None) -> tuple[str, str | None]:
+        return (metrics_url(base_url) or base_url.strip(), model)
+
+    def peek(self, base_url: str, *, model: str | None = None) -> LoadSignal | None:
+        """The cached signal if still fresh, without any I/O (None otherwise)."""
+        entry = self._entries.get(self._key(base_url, model))
+        if entry is None or self._clock() - entry[0] > self.ttl_s:
+            return None
+        return entry[1]
+
+    async def get(
+        self, client: httpx.AsyncClient, base_url: str, *, model: str | None = None
+    ) -> LoadSignal | None:
+        """The fresh cached signal, or a new scrape (stored for ``ttl_s``)."""
+        key = self._key(base_url, model)
+        entry = self._entries.get(key)
+        if entry is not None and self._clock() - entry[0] <= self.ttl_s:
+            return entry[1]
+        signal = await fetch_load(client, base_url, model=model, timeout_s=self.timeout_s)
+        self._entries[key] = (self._clock(), signal)
+        return signal
+
+    async def get_many(
+        self, client: httpx.AsyncClient, base_urls: Iterable[str]
+    ) -> dict[str, LoadSignal | None]:
+        """Signals for several servers, scraped concurrently."""
+        urls = list(dict.fromkeys(base_urls))
+        out: dict[str, LoadSignal | None] = {}
+
+        async def one(url: str) -> None:
+            out[url] = await self.get(client, url)
+
+        async with anyio.create_task_group() as tg:
+            for url in urls:
+                tg.start_soon(one, url)
+        return {url: out[url] for url in urls}
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+# --- Launching ----------------------------------------------------------------------------------
+
+
+def vllm_serve_command(
+    model: str,
+    *,
+    port: int,
+    served_name: str,
+    gpu_memory_utilization: float | None = None,
+    max_model_len: int | None = None,
+    tensor_parallel_size: int | None = None,
+    api_key_env: str | None = None,
+    host: str = "127.0.0.1",
+) -> list[str]:
+    """The argv of ``vllm serve`` for one model (not run here: the caller launches it).
+
+    ``served_name`` is the model id clients send (``ModelSpec.model``); the server listens on
+    ``host`` (loopback by default, so nothing is exposed by accident) at ``port``.
+    ``gpu_memory_utilization`` (0..1] is the fraction of GPU memory vLLM may take,
+    ``max_model_len`` caps the context (and so the KV cache), ``tensor_parallel_size`` splits
+    the model over GPUs. With ``api_key_env``, the server requires that key; it is never put on
+    the command line (where ``ps`` shows it): launch with ``env={**os.environ,
+    **vllm_serve_env(api_key_env)}``, which sets the ``VLLM_API_KEY`` that vLLM reads.
+    """
+    if not model.strip():
+        raise ConfigError("model must not be empty (a Hugging Face id or a local path)")
+    if not served_name.strip():
+        raise ConfigError("served_name must not be empty")
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"port {port} must be within 1..65535")
+    argv = ["vllm", "serve", model, "--host", host, "--port", str(port)]
+    argv += ["--served-model-name", served_name]
+    if gpu_memory_utilization is not None:
+        if not 0 < gpu_memory_utilization <= 1:
+            raise ConfigError(
+                f"gpu_memory_utilization {gpu_memory_utilization} must be within (0, 1]"
+            )
+        argv += ["--gpu-memory-utilization", f"{gpu_memory_utilization:g}"]
+    if max_model_len is not None:
+        if max_model_len < 1:
+            raise ConfigError(f"max_model_len {max_model_len} must be >= 1")
+        argv += ["--max-model-len", str(max_model_len)]
+    if tensor_parallel_size is not None:
+        if tensor_parallel_size < 1:
+            raise ConfigError(f"tensor_parallel_size {tensor_parallel_size} must be >= 1")
+        argv += ["--tensor-parallel-size", str(tensor_parallel_size)]
+    if api_key_env is not None:
+        vllm_serve_env(api_key_env)  # fail now, not with an open server later
+    return argv
+
+
+def vllm_serve_env(api_key_env: str) -> dict[str, str]:
+    """Environment for ``vllm serve`` so it requires the key held in ``$api_key_env``."""
+    key = os.environ.get(api_key_env)
+    if not key:
+        raise ConfigError(
+            f"environment variable {api_key_env} is not set: export the API key the vLLM "
+            "server should require, or leave api_key_env out"
+        )
+    return {"VLLM_API_KEY": key}
+
+
+__all__ = [
+    "LoadSignal",
+    "MetricsCache",
+    "Sample",
+    "fetch_load",
+    "load_from_metrics",
+    "metrics_url",
+    "parse_prometheus",
+    "vllm_serve_command",
+    "vllm_serve_env",
+]

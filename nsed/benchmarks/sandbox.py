@@ -1,0 +1,834 @@
+"""The only place where model-written code runs: one throw-away, contained process per test.
+
+Why a process and not ``exec``: generated code loops, forks, allocates, writes files and opens
+sockets, and a benchmark run must survive all of it and go on. Each call builds a fresh box
+directory, starts a small launcher (``python -I -S``, never the nsed interpreter state) in a new
+session, and the launcher starts the model's program. The box, the processes and any namespace
+are gone when the call returns.
+
+Containment, strongest plan first (chosen once per process by running a probe program):
+
+``ns+nobody`` (root with util-linux ``unshare``; the plan used on the project machines)
+    ``unshare --net --mount --pid --fork --kill-child --mount-proc``: a new network namespace
+    (only a downed loopback: no socket reaches anything), a PID namespace whose init is the
+    launcher (when it exits the kernel kills every process left in it, also ones that called
+    ``setsid``), and a private mount namespace in which every mount is remounted read-only and
+    ``nosuid``, a size-capped tmpfs is the working directory (HOME and TMPDIR point at it) and
+    ``/dev/shm`` is a fresh small tmpfs. The program runs as ``nobody`` with ``no_new_privs``,
+    so RLIMIT_NPROC binds, ``/root`` and other private directories stay unreadable, and it
+    cannot remount anything. Directories that would hide the interpreter from ``nobody``
+    (e.g. a pyenv under ``/root``) are covered with an empty tmpfs and only the interpreter's
+    prefix is bound back in.
+``ns`` / ``userns``
+    The same namespaces without dropping to ``nobody`` (root whose interpreter cannot be
+    exposed), or inside a user namespace for non-root users. There a determined program could
+    undo the read-only remount; ordinary writes outside the working directory still fail.
+``plain+nobody`` / ``plain``
+    No namespaces: the launcher tries ``unshare(CLONE_NEWNET)`` itself and otherwise installs a
+    Python-level socket guard (bypassable via ctypes or a subprocess); the working directory is
+    a real temporary directory and nothing stops writes elsewhere. The launcher is a child
+    subreaper, so orphans (also ones that called ``setsid``) stay its children; it kills them
+    when the program ends, and nsed kills them via ``/proc`` before the launcher on a timeout.
+    Only a fork racing those kills can escape.
+
+Every plan sets RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_NPROC and
+RLIMIT_CORE in the launcher's forked child just before ``execve`` (not with ``preexec_fn``,
+which the Python docs call unsafe in threaded programs, and the orchestrator is one), passes
+only a minimal environment (no API keys), caps stdout (kill on overflow) and keeps the tail of
+stderr, and on the wall timeout kills the whole process group with SIGKILL. A watchdog thread
+in the launcher kills the run when the nsed process dies (a pipe it holds closes) or the run
+outlives its limit by 10 s; boxes left by a killed nsed are removed by the next one.
+
+Not prevented: reads of world-readable files; memory is limited per process (RLIMIT_AS), so a
+program that forks many large children can use up to ``nproc`` times ``memory_mb``.
+
+The programs see LiveCodeBench's import prelude (``from collections import *``, ``typing``,
+``sys.setrecursionlimit(50000)``, ...), as the official harness does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from nsed.errors import ConfigError
+
+DEFAULT_TIMEOUT_S = 6.0
+DEFAULT_MEMORY_MB = 512
+DEFAULT_OUTPUT_LIMIT = 1_000_000
+STDERR_LIMIT = 20_000
+RESULT_SENTINEL = "\x1ensed-result\x1e"
+_NOBODY = 65534
+_BOX_PREFIX = "nsed_box_"
+
+
+class SandboxResult(BaseModel):
+    """What one contained run produced, and why it ended if it did not end by itself."""
+
+    stdout: str = ""
+    stderr: str = Field(default="", description="the last STDERR_LIMIT characters")
+    exit_code: int | None = Field(
+        default=None, description="the program's exit status; -N when killed by signal N"
+    )
+    timed_out: bool = False
+    killed_reason: str | None = Field(
+        default=None, description="wall timeout, cpu/memory/file/output limit, signal, setup"
+    )
+    wall_s: float = 0.0
+    stdout_truncated: bool = False
+    isolation: list[str] = Field(
+        default_factory=list, description="containment in force: pid_ns, net_ns, ro_fs, nobody…"
+    )
+
+    @property
+    def ok(self) -> bool:
+        """The program ran to completion and exited 0."""
+        return self.exit_code == 0 and self.killed_reason is None
+
+
+class CallResult(BaseModel):
+    """A functional (LeetCode-style) call: the JSON value returned, or why there is none."""
+
+    run: SandboxResult
+    value_json: str | None = Field(default=None, description="json.dumps of the return value")
+    error: str | None = None
+
+
+# --- Programs written into the box ----------------------------------------------------------
+
+# Runs as root (PID 1 of the namespace in the namespace plans): prepares the mounts, forks the
+# program with limits and a lower uid, waits for it and reports on the status pipe.
+_LAUNCHER = r'''
+import ctypes, json, os, re, resource, sys
+
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
+FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
+         "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME}
+CLONE_NEWNET = 0x40000000
+libc = ctypes.CDLL(None, use_errno=True)
+cfg = json.load(open(sys.argv[1]))
+status_fd, alive_fd = int(sys.argv[2]), int(sys.argv[3])
+isolation = list(cfg["isolation"])
+
+def report(obj):
+    os.write(status_fd, (json.dumps(obj) + "\n").encode())
+
+def mount(src, target, fstype, flags, data=None):
+    enc = lambda s: s.encode() if s is not None else None
+    if libc.mount(enc(src), enc(target), enc(fstype), flags, enc(data)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "mount %s: %s" % (target, os.strerror(err)))
+
+def mountpoints():
+    unescape = lambda s: re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            parts = line.split()
+            yield unescape(parts[4]), parts[5].split(",")
+
+def hidden_ancestor(path):
+    """Highest ancestor of path that 'nobody' cannot traverse, or None."""
+    cur = "/"
+    for part in [p for p in path.split("/") if p]:
+        cur = os.path.join(cur, part)
+        if os.path.isdir(cur) and not os.stat(cur).st_mode & 0o001:
+            return cur
+    return None
+
+def setup_mounts():
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    if cfg["drop_uid"]:
+        staged = []
+        for i, prefix in enumerate(cfg["expose"]):
+            top = hidden_ancestor(prefix)
+            if top is None:
+                continue
+            if cfg["box"].startswith(top + "/"):
+                raise OSError("the sandbox box %s lies under %s" % (cfg["box"], top))
+            stage = os.path.join(cfg["box"], "expose", str(i))
+            mount(prefix, stage, None, MS_BIND | MS_REC)
+            staged.append((top, prefix, stage))
+        for top in sorted({t for t, _, _ in staged}):
+            mount("tmpfs", top, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+        for _, prefix, stage in staged:
+            os.makedirs(prefix, mode=0o755, exist_ok=True)
+            mount(stage, prefix, None, MS_BIND | MS_REC)
+        if staged:
+            isolation.append("private_dirs_hidden")
+    failed = []
+    for target, opts in mountpoints():
+        flags = MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID
+        for o in opts:
+            flags |= FLAGS.get(o, 0)
+        try:
+            mount(None, target, None, flags)
+        except OSError:
+            failed.append(target)
+    if failed:
+        raise OSError("could not make read-only: %s" % ", ".join(failed[:5]))
+    isolation.append("ro_fs")
+    mode = "0777" if cfg["drop_uid"] else "0700"
+    mount("tmpfs", cfg["work"], "tmpfs", MS_NOSUID | MS_NODEV,
+          "size=%dm,mode=%s" % (cfg["work_mb"], mode))
+    isolation.append("tmpfs_work")
+    try:
+        mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+              "size=16m,mode=1777")
+    except OSError:
+        pass
+
+try:
+    if cfg["mounts"]:
+        setup_mounts()
+    elif cfg["try_net_unshare"]:
+        if libc.unshare(CLONE_NEWNET) == 0:
+            isolation.append("net_ns")
+        else:
+            isolation.append("socket_guard")
+except Exception as exc:
+    report({"setup_error": "%s: %s" % (type(exc).__name__, exc)})
+    os._exit(0)
+
+if "net_ns" not in isolation and "socket_guard" not in isolation:
+    isolation.append("socket_guard")
+argv = list(cfg["argv"])
+if "socket_guard" in isolation:
+    argv.insert(argv.index(cfg["runner"]) + 1, "--socket-guard")
+os.set_inheritable(status_fd, False)
+os.set_inheritable(alive_fd, False)
+
+def watchdog():
+    """Kill the run when nsed goes away (its end of the pipe closes) or overstays its limit."""
+    import select, signal
+    select.select([alive_fd], [], [], cfg["watchdog_s"])
+    try:
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    finally:
+        os._exit(137)
+
+import threading
+threading.Thread(target=watchdog, daemon=True).start()
+# Orphans of the program re-parent to us (not to init), so none can slip away unseen.
+libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+pid = os.fork()
+if pid == 0:
+    try:
+        lim = cfg["limits"]
+        def setlim(kind, soft, hard=None):
+            resource.setrlimit(kind, (soft, soft if hard is None else hard))
+        setlim(resource.RLIMIT_CPU, lim["cpu_s"], lim["cpu_s"] + 1)
+        setlim(resource.RLIMIT_AS, lim["as_bytes"])
+        setlim(resource.RLIMIT_FSIZE, lim["fsize_bytes"])
+        setlim(resource.RLIMIT_NOFILE, lim["nofile"])
+        setlim(resource.RLIMIT_NPROC, lim["nproc"])
+        setlim(resource.RLIMIT_CORE, 0)
+        os.chdir(cfg["work"])
+        if cfg["drop_uid"]:
+            os.setgroups([])
+            os.setgid(cfg["uid"])
+            os.setuid(cfg["uid"])
+        libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: setuid binaries cannot raise privilege
+        os.execve(argv[0], argv, cfg["env"])
+    except BaseException as exc:
+        report({"setup_error": "%s: %s" % (type(exc).__name__, exc)})
+    os._exit(127)
+while True:
+    try:
+        _, status = os.waitpid(pid, 0)
+        break
+    except ChildProcessError:
+        status = 0
+        break
+    except InterruptedError:
+        continue
+def kill_leftovers():
+    """SIGKILL every remaining child (orphans included) and reap them; a PID namespace would do
+    this by itself when we exit, without one it is our job."""
+    me = str(os.getpid())
+    for _ in range(50):
+        found = False
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open("/proc/%s/stat" % entry, "rb") as f:
+                    stat = f.read().decode("ascii", "replace")
+            except OSError:
+                continue
+            if stat[stat.rfind(")") + 2:].split()[1] == me:
+                found = True
+                try:
+                    os.kill(int(entry), 9)
+                except OSError:
+                    pass
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            pass
+        if not found:
+            return
+
+kill_leftovers()
+if os.WIFSIGNALED(status):
+    report({"signal": os.WTERMSIG(status), "isolation": isolation})
+else:
+    report({"exit": os.WEXITSTATUS(status), "isolation": isolation})
+os._exit(0)
+'''
+
+# Runs as the program's interpreter: LiveCodeBench's prelude, then either the script with the
+# test's stdin, or (call mode) Solution().<func_name>(*args) printing the JSON result.
+_RUNNER = r'''
+import sys
+
+def socket_guard():
+    import _socket, socket
+    def refuse(*args, **kwargs):
+        raise PermissionError("network access is disabled in the nsed sandbox")
+    class NoSocket(socket.socket):
+        def __init__(self, *args, **kwargs):
+            refuse()
+    socket.socket = NoSocket
+    _socket.socket = NoSocket
+    socket.create_connection = refuse
+    socket.socketpair = refuse
+    socket.fromfd = refuse
+
+args = sys.argv[1:]
+if args and args[0] == "--socket-guard":
+    socket_guard()
+    args = args[1:]
+mode, solution = args[0], args[1]
+PRELUDE = """
+from string import *
+from re import *
+from datetime import *
+from collections import *
+from heapq import *
+from bisect import *
+from copy import *
+from math import *
+from random import *
+from statistics import *
+from itertools import *
+from functools import *
+from operator import *
+from io import *
+from sys import *
+from json import *
+from builtins import *
+from typing import *
+import string, re, datetime, collections, heapq, bisect, copy, math, random, statistics
+import itertools, functools, operator, io, sys, json
+sys.setrecursionlimit(50000)
+"""
+import runpy
+scope = {}
+exec(PRELUDE, scope)
+scope.pop("__builtins__", None)
+if mode == "script":
+    sys.argv = [solution]
+    runpy.run_path(solution, init_globals=scope, run_name="__main__")
+    raise SystemExit(0)
+
+import io, json, traceback
+func_name, SENTINEL = args[2], args[3]
+raw = sys.stdin.read()
+real_stdout = sys.stdout
+sys.stdout = io.StringIO()
+try:
+    call_args = [json.loads(line) for line in raw.split("\n") if line.strip()]
+    module = runpy.run_path(solution, init_globals=scope, run_name="solution")
+    cls = module.get("Solution")
+    if cls is None:
+        raise NameError("the code defines no class Solution")
+    method = getattr(cls(), func_name, None)
+    if method is None:
+        raise AttributeError("class Solution has no method %r" % func_name)
+    value = method(*call_args)
+    if isinstance(value, tuple):
+        value = list(value)
+    try:
+        payload = {"ok": True, "value": json.dumps(value)}
+    except (TypeError, ValueError) as exc:
+        payload = {"ok": False, "error": "return value is not JSON-serialisable: %s" % exc}
+except BaseException as exc:
+    traceback.print_exc()
+    payload = {"ok": False, "error": "%s: %s" % (type(exc).__name__, exc)}
+sys.stdout = real_stdout
+real_stdout.write("\n" + SENTINEL + json.dumps(payload) + "\n")
+real_stdout.flush()
+'''
+
+
+# --- Choosing the containment plan ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    name: str
+    namespaces: bool
+    map_root: bool
+    drop_uid: bool
+
+
+_plan_lock = threading.Lock()
+_plan: _Plan | None = None
+
+
+def _candidate_plans() -> list[_Plan]:
+    root = os.geteuid() == 0
+    plans: list[_Plan] = []
+    if sys.platform.startswith("linux") and shutil.which("unshare"):
+        if root:
+            plans += [_Plan("ns+nobody", True, False, True), _Plan("ns", True, False, False)]
+        else:
+            plans.append(_Plan("userns", True, True, False))
+    if root:
+        plans.append(_Plan("plain+nobody", False, False, True))
+    plans.append(_Plan("plain", False, False, False))
+    return plans
+
+
+def _choose_plan() -> _Plan:
+    """Run a probe under each plan, strongest first; the first that works is used for good."""
+    global _plan
+    with _plan_lock:
+        if _plan is not None:
+            return _plan
+        _remove_stale_boxes()
+        probe = "import sys; print(sys.stdin.read().strip() + '-ok')"
+        for plan in _candidate_plans():
+            result = _execute(plan, probe, mode="script", stdin="nsed", timeout_s=20.0)
+            if result.exit_code == 0 and result.stdout.strip() == "nsed-ok":
+                _plan = plan
+                return plan
+        # Nothing works (no fork, no interpreter): keep the weakest plan, whose errors are
+        # then reported per test as "sandbox setup failed".
+        _plan = _candidate_plans()[-1]
+        return _plan
+
+
+def sandbox_plan() -> str:
+    """The name of the containment plan this process uses (probes on first call)."""
+    return _choose_plan().name
+
+
+# --- Running ----------------------------------------------------------------------------------
+
+
+def run_python(
+    code: str,
+    *,
+    stdin: str = "",
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+    output_limit: int = DEFAULT_OUTPUT_LIMIT,
+) -> SandboxResult:
+    """Run ``code`` as a script in a fresh contained process, feeding it ``stdin``."""
+    return _execute(
+        _choose_plan(),
+        code,
+        mode="script",
+        stdin=stdin,
+        timeout_s=timeout_s,
+        memory_mb=memory_mb,
+        output_limit=output_limit,
+    )
+
+
+def call_function(
+    code: str,
+    func_name: str,
+    args_text: str,
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+    output_limit: int = DEFAULT_OUTPUT_LIMIT,
+) -> CallResult:
+    """Call ``Solution().<func_name>(*args)``, one JSON argument per line of ``args_text``.
+
+    The harness runs inside the sandbox, redirects the solution's own prints away from the
+    result and prints ``json.dumps`` of the return value (tuples become lists, as in LCB).
+    """
+    run = _execute(
+        _choose_plan(),
+        code,
+        mode="call",
+        stdin=args_text,
+        timeout_s=timeout_s,
+        memory_mb=memory_mb,
+        output_limit=output_limit,
+        func_name=func_name,
+    )
+    marker = run.stdout.rfind(RESULT_SENTINEL)
+    if marker < 0:
+        reason = run.killed_reason or _tail_line(run.stderr) or "the harness printed no result"
+        return CallResult(run=run, error=reason)
+    try:
+        payload: dict[str, Any] = json.loads(run.stdout[marker + len(RESULT_SENTINEL) :])
+    except json.JSONDecodeError:
+        return CallResult(run=run, error="the harness result was cut off or corrupted")
+    run.stdout = run.stdout[:marker].rstrip("\n")
+    if payload.get("ok"):
+        return CallResult(run=run, value_json=str(payload["value"]))
+    return CallResult(run=run, error=str(payload.get("error", "unknown error")))
+
+
+def _execute(
+    plan: _Plan,
+    code: str,
+    *,
+    mode: str,
+    stdin: str,
+    timeout_s: float,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+    output_limit: int = DEFAULT_OUTPUT_LIMIT,
+    func_name: str | None = None,
+) -> SandboxResult:
+    _check_limits(timeout_s, memory_mb, output_limit)
+    box = Path(tempfile.mkdtemp(prefix=f"{_BOX_PREFIX}{os.getpid()}_"))
+    status_r, status_w = os.pipe()
+    alive_r, alive_w = os.pipe()  # nsed holds the write end; when it dies, the run dies
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        cmd, env = _prepare_box(box, plan, code, mode, timeout_s, memory_mb, func_name)
+        stdin_path = box / "stdin"
+        stdin_path.write_text(stdin, encoding="utf-8")
+        started = time.monotonic()
+        with open(stdin_path, "rb") as stdin_file:
+            proc = subprocess.Popen(
+                [*cmd, str(status_w), str(alive_r)],
+                stdin=stdin_file,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(status_w, alive_r),
+                start_new_session=True,
+                cwd=box,
+                env=env,
+            )
+        os.close(status_w)
+        os.close(alive_r)
+        status_w = alive_r = -1
+        result = _collect(proc, status_r, started, timeout_s, output_limit, plan)
+        return result
+    finally:
+        if proc is not None:
+            _kill_everything(proc, plan)
+        for fd in (status_r, status_w, alive_r, alive_w):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        _remove_box(box)
+
+
+def _check_limits(timeout_s: float, memory_mb: int, output_limit: int) -> None:
+    if not timeout_s > 0:
+        raise ConfigError(f"sandbox timeout_s must be positive (got {timeout_s})")
+    if memory_mb < 64:
+        raise ConfigError(f"sandbox memory_mb must be at least 64 (got {memory_mb})")
+    if output_limit < 1:
+        raise ConfigError(f"sandbox output_limit must be at least 1 byte (got {output_limit})")
+
+
+def _interpreter() -> tuple[str, list[str]]:
+    """The real interpreter binary (not a venv shim) and the prefixes it needs to run."""
+    exe = os.path.realpath(sys.executable)
+    prefixes = [os.path.realpath(sys.base_prefix)]
+    exe_prefix = os.path.dirname(os.path.dirname(exe))
+    if not any(exe.startswith(p + os.sep) for p in prefixes):
+        prefixes.append(exe_prefix)
+    return exe, prefixes
+
+
+def _prepare_box(
+    box: Path,
+    plan: _Plan,
+    code: str,
+    mode: str,
+    timeout_s: float,
+    memory_mb: int,
+    func_name: str | None,
+) -> tuple[list[str], dict[str, str]]:
+    exe, prefixes = _interpreter()
+    box.chmod(0o755)
+    work = box / "work"
+    work.mkdir()
+    (box / "expose").mkdir()
+    for i in range(len(prefixes)):
+        (box / "expose" / str(i)).mkdir()
+    if plan.drop_uid and not plan.namespaces:
+        os.chown(work, _NOBODY, _NOBODY)
+    files = {"launcher.py": _LAUNCHER, "runner.py": _RUNNER, "solution.py": code}
+    for name, text in files.items():
+        (box / name).write_text(text, encoding="utf-8")
+        (box / name).chmod(0o644)
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(work),
+        "TMPDIR": str(work),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+    }
+    runner = str(box / "runner.py")
+    argv = [exe, "-I", "-S", "-X", "utf8", runner, mode, str(box / "solution.py")]
+    if mode == "call":
+        argv += [func_name or "", RESULT_SENTINEL]
+    limits = {
+        "cpu_s": max(1, int(timeout_s + 0.999)) + 1,
+        "as_bytes": memory_mb * 1024 * 1024,
+        "fsize_bytes": 64 * 1024 * 1024,
+        "nofile": 128,
+        "nproc": 256,
+    }
+    config = {
+        "box": str(box),
+        "work": str(work),
+        "work_mb": 64,
+        "mounts": plan.namespaces,
+        "drop_uid": plan.drop_uid,
+        "uid": _NOBODY,
+        "expose": prefixes,
+        "try_net_unshare": not plan.namespaces,
+        "watchdog_s": timeout_s + 10.0,
+        "isolation": (["pid_ns", "net_ns"] if plan.namespaces else [])
+        + (["nobody"] if plan.drop_uid else []),
+        "limits": limits,
+        "env": env,
+        "runner": runner,
+        "argv": argv,
+    }
+    (box / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    (box / "config.json").chmod(0o600)
+    launcher = [exe, "-I", "-S", str(box / "launcher.py"), str(box / "config.json")]
+    if plan.namespaces:
+        prefix = ["unshare", "--net", "--mount", "--pid", "--fork", "--kill-child"]
+        prefix += ["--mount-proc", "--propagation", "private"]
+        if plan.map_root:
+            prefix.append("--map-root-user")
+        return [*prefix, "--", *launcher], env
+    return launcher, env
+
+
+def _collect(
+    proc: subprocess.Popen[bytes],
+    status_r: int,
+    started: float,
+    timeout_s: float,
+    output_limit: int,
+    plan: _Plan,
+) -> SandboxResult:
+    """Read stdout, stderr and the launcher's status until all close or a limit is hit."""
+    assert proc.stdout is not None and proc.stderr is not None
+    out = bytearray()
+    err = bytearray()
+    status = bytearray()
+    timed_out = False
+    killed: str | None = None
+    truncated = False
+    deadline = started + timeout_s
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ, out)
+    sel.register(proc.stderr, selectors.EVENT_READ, err)
+    sel.register(status_r, selectors.EVENT_READ, status)
+    exited_at: float | None = None
+    try:
+        while sel.get_map():
+            now = time.monotonic()
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+                # Leftover children may keep the pipes open; take what they wrote so far.
+                _kill_everything(proc, plan)
+            if exited_at is not None and now - exited_at > 1.0:
+                break
+            if now >= deadline and exited_at is None:
+                timed_out = True
+                killed = f"wall timeout after {timeout_s:g}s"
+                _kill_everything(proc, plan)
+                deadline = now + 1.0
+                exited_at = now
+                continue
+            wait = min(deadline - now, 0.05) if exited_at is None else 0.05
+            for key, _ in sel.select(timeout=max(wait, 0.0)):
+                fd = key.fd
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    continue
+                buf: bytearray = key.data
+                buf += chunk
+                if buf is out and len(out) > output_limit:
+                    del out[output_limit:]
+                    truncated = True
+                    if killed is None:
+                        killed = f"output limit exceeded (more than {output_limit} bytes)"
+                    _kill_everything(proc, plan)
+                    sel.unregister(key.fileobj)
+                elif buf is err and len(err) > 2 * STDERR_LIMIT:
+                    del err[: len(err) - STDERR_LIMIT]
+    finally:
+        sel.close()
+    try:
+        proc.wait(timeout=5.0)
+    except subprocess.TimeoutExpired:
+        _kill_everything(proc, plan)
+        proc.wait()
+    wall = time.monotonic() - started
+    stderr_text = err.decode("utf-8", "replace")[-STDERR_LIMIT:]
+    exit_code, isolation, setup_error = _parse_status(status)
+    if setup_error is not None and killed is None:
+        killed = f"sandbox setup failed: {setup_error}"
+    if killed is None and exit_code is not None:
+        killed = _reason_for(exit_code, stderr_text)
+    return SandboxResult(
+        stdout=out.decode("utf-8", "replace"),
+        stderr=stderr_text,
+        exit_code=exit_code,
+        timed_out=timed_out,
+        killed_reason=killed,
+        wall_s=round(wall, 4),
+        stdout_truncated=truncated,
+        isolation=isolation,
+    )
+
+
+def _parse_status(raw: bytes | bytearray) -> tuple[int | None, list[str], str | None]:
+    exit_code: int | None = None
+    isolation: list[str] = []
+    setup_error: str | None = None
+    for line in raw.decode("utf-8", "replace").splitlines():
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "setup_error" in item:
+            setup_error = str(item["setup_error"])
+        if "exit" in item:
+            exit_code = int(item["exit"])
+        if "signal" in item:
+            exit_code = -int(item["signal"])
+        isolation = list(item.get("isolation", isolation))
+    return exit_code, isolation, setup_error
+
+
+def _reason_for(exit_code: int, stderr: str) -> str | None:
+    if exit_code == 0:
+        return None
+    if exit_code < 0:
+        sig = -exit_code
+        if sig == signal.SIGXCPU:
+            return "cpu time limit exceeded (RLIMIT_CPU)"
+        if sig == signal.SIGKILL:
+            # A SIGKILL we did not send comes from the hard RLIMIT_CPU or the OOM killer.
+            return "killed by SIGKILL (hard cpu limit or out of memory)"
+        if sig == signal.SIGXFSZ:
+            return "file size limit exceeded (RLIMIT_FSIZE)"
+        return f"killed by signal {signal.Signals(sig).name}"
+    last = _tail_line(stderr)
+    if last.startswith("MemoryError"):
+        return "memory limit exceeded (MemoryError under RLIMIT_AS)"
+    return None
+
+
+def _tail_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def _kill_everything(proc: subprocess.Popen[bytes], plan: _Plan) -> None:
+    """SIGKILL the session's process group. Without a PID namespace, first kill (twice, for
+    racing forks) every descendant of the launcher, which is their subreaper, and any process
+    still in its session or group; only then the launcher, so no orphan reaches init."""
+    if not plan.namespaces:
+        for _ in range(2):
+            for pid in _session_members(proc.pid):
+                if pid != proc.pid:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _session_members(sid: int) -> list[int]:
+    """Processes whose session or process group is ``sid`` or whose parent chain leads to it."""
+    members: list[int] = []
+    parents: dict[int, int] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return members
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read().decode("ascii", "replace")
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        pid, ppid, pgid, session = int(entry), int(fields[1]), int(fields[2]), int(fields[3])
+        parents[pid] = ppid
+        if sid in (pgid, session):
+            members.append(pid)
+    for pid in parents:
+        cur, seen = parents.get(pid), 0
+        while cur and seen < 64:
+            if cur == sid:
+                members.append(pid)
+                break
+            cur, seen = parents.get(cur), seen + 1
+    return [pid for pid in set(members) if pid != os.getpid()]
+
+
+def _remove_stale_boxes() -> None:
+    """Delete boxes left by nsed processes that were killed before they could clean up."""
+    for box in Path(tempfile.gettempdir()).glob(f"{_BOX_PREFIX}*_*"):
+        owner = box.name.removeprefix(_BOX_PREFIX).split("_", 1)[0]
+        if not owner.isdigit() or int(owner) == os.getpid():
+            continue
+        try:
+            os.kill(int(owner), 0)
+        except ProcessLookupError:
+            _remove_box(box)
+        except PermissionError:
+            continue  # alive, someone else's
+
+
+def _remove_box(box: Path) -> None:
+    """Delete the box without ever descending into a mount (a leaked bind would be fatal)."""
+    for mountable in [box / "work", *sorted((box / "expose").glob("*"))]:
+        if os.path.ismount(mountable):
+            return  # leave it: deleting through a bind mount would delete the source
+    for sub in sorted((box / "expose").glob("*")):
+        with contextlib.suppress(OSError):
+            sub.rmdir()
+    shutil.rmtree(box, ignore_errors=True)
+
+
+__all__ = [
+    "DEFAULT_MEMORY_MB",
+    "DEFAULT_OUTPUT_LIMIT",
+    "DEFAULT_TIMEOUT_S",
+    "CallResult",
+    "SandboxResult",
+    "call_function",
+    "run_python",
+    "sandbox_plan",
+]

@@ -1,0 +1,203 @@
+"""The ``nsed`` command line (typer + rich).
+
+``nsed ask`` runs one deliberation and shows it round by round (or prints the JSON trace with
+``--json``). The other command groups live next to the code they drive and are registered here.
+Every nsed error ends the program with ``error: <message>`` on one line of stderr and a non-zero
+exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+
+from nsed.council import Council
+from nsed.errors import NsedError
+from nsed.orchestrator.events import (
+    AgentFailed,
+    Event,
+    Finished,
+    ProposalReceived,
+    RoundScored,
+    RoundStarted,
+)
+from nsed.results import Deliberation, RoundRecord
+
+app = typer.Typer(
+    name="nsed",
+    help="N-Way Self-Evaluating Deliberation: several LLMs deliberate into one answer.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+
+
+def _register_subcommands() -> None:
+    """Attach the command groups that live beside the code they drive (when present)."""
+    import importlib
+
+    for module_name, attr, name in (
+        ("nsed.benchmarks.cli", "bench_app", "bench"),
+        ("nsed.benchmarks.cli", "runs_app", "runs"),
+        ("nsed.broker.cli", "models_app", "models"),
+        ("nsed.broker.cli", "broker_app", "broker"),
+        ("nsed.agents.simulated_cli", "simulate_app", None),
+        ("nsed.server_cli", "serve_app", None),
+    ):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        sub = getattr(module, attr, None)
+        if sub is None:
+            continue
+        if name is None:
+            app.registered_commands.extend(sub.registered_commands)
+        else:
+            app.add_typer(sub, name=name)
+
+
+def _round_table(record: RoundRecord) -> Table:
+    table = Table(title=f"Round {record.index}", title_justify="left", expand=False)
+    table.add_column("agent")
+    table.add_column("final answer", max_width=40, overflow="fold")
+    table.add_column("support S", justify="right")
+    table.add_column("mean score", justify="right")
+    table.add_column("variance", justify="right")
+    for proposal in record.proposals:
+        name = proposal.agent + (" ★" if proposal.agent == record.winner else "")
+        table.add_row(
+            escape(name),
+            escape(proposal.final or "—"),
+            f"{record.support.get(proposal.agent, 0.0):+.3f}",
+            f"{record.mean_score.get(proposal.agent, 0.0):+.1f}",
+            f"{record.variance.get(proposal.agent, 0.0):.1f}",
+        )
+    dropped = sum(1 for r in record.reviews if r.dropped_reason)
+    table.caption = (
+        f"winner {record.winner} · conviction {record.conviction:.2f} · "
+        f"{len(record.reviews) - dropped} reviews counted, {dropped} dropped · "
+        f"{record.prompt_tokens + record.completion_tokens} tokens · {record.wall_s:.1f}s"
+    )
+    return table
+
+
+def _show_event(console: Console, event: Event) -> None:
+    if isinstance(event, RoundStarted):
+        console.rule(f"Round {event.round} · {len(event.agents)} agents")
+    elif isinstance(event, ProposalReceived):
+        p = event.proposal
+        console.print(
+            f"[bold]{escape(p.agent)}[/] proposed: final [cyan]{escape(p.final or '—')}[/]"
+            f" ({p.completion_tokens} tokens, {p.latency_s:.1f}s)"
+        )
+    elif isinstance(event, AgentFailed):
+        console.print(
+            f"[red]{escape(event.agent)} failed to {event.phase}:[/] {escape(event.error)}"
+        )
+    elif isinstance(event, RoundScored):
+        console.print(_round_table(event.record))
+
+
+def _show_result(console: Console, result: Deliberation) -> None:
+    body = escape(result.answer.strip()[:3000] or "(empty)")
+    console.print(
+        Panel(
+            body,
+            title=f"answer · final: {escape(result.final or '—')}",
+            subtitle=(
+                f"winner {result.winner} · stopped: {result.stopped_because} · "
+                f"{len(result.rounds)} rounds · {result.usage.total_tokens} tokens · "
+                f"${result.usage.cost_usd:.4f} · {result.wall_s:.1f}s"
+            ),
+        )
+    )
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="the task to deliberate on")],
+    team: Annotated[
+        Path | None,
+        typer.Option(
+            help="team TOML ([[models]] entries); default: NSED_TEAM, "
+            "OPENAI_BASE_URL or the local model"
+        ),
+    ] = None,
+    rounds: Annotated[int | None, typer.Option(help="maximum number of rounds")] = None,
+    min_rounds: Annotated[int | None, typer.Option(help="no early stop before this round")] = None,
+    kind: Annotated[str | None, typer.Option(help="math, code or text")] = None,
+    qv_mode: Annotated[str | None, typer.Option(help="budget_signed or sqrt_raw")] = None,
+    budget_usd: Annotated[float | None, typer.Option(help="stop when this $ is spent")] = None,
+    budget_tokens: Annotated[int | None, typer.Option(help="stop after this many tokens")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed for label shuffling")] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="print the Deliberation as JSON and nothing else")
+    ] = False,
+) -> None:
+    """Deliberate on QUESTION with a team of models."""
+    overrides = {
+        "max_rounds": rounds,
+        "min_rounds": min_rounds,
+        "kind": kind,
+        "qv_mode": qv_mode,
+        "budget_usd": budget_usd,
+        "budget_tokens": budget_tokens,
+        "seed": seed,
+    }
+    if rounds is not None and min_rounds is None:
+        overrides["min_rounds"] = min(rounds, 2)
+    if min_rounds is not None and rounds is None:
+        overrides["max_rounds"] = max(min_rounds, 4)
+    council = Council(team)
+    if json_output:
+        result = anyio.run(lambda: council.run(question, **overrides))
+        sys.stdout.write(result.model_dump_json(indent=2) + "\n")
+        return
+    console = Console()
+
+    async def watch() -> Deliberation | None:
+        final = None
+        async for event in council.stream(question, **overrides):
+            _show_event(console, event)
+            if isinstance(event, Finished):
+                final = event.deliberation
+        return final
+
+    result = anyio.run(watch)
+    if result is not None:
+        _show_result(console, result)
+
+
+def main() -> None:
+    """Console entry point: run the app, turning nsed errors into one line on stderr."""
+    _register_subcommands()
+    try:
+        app()  # standalone mode: usage errors are reported by typer itself (exit 2)
+    except NsedError as exc:
+        message = " ".join(str(exc).split())
+        sys.stderr.write(f"error: {message}\n")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        sys.exit(130)
+
+
+@app.callback()
+def _root() -> None:
+    """N-Way Self-Evaluating Deliberation: several LLMs deliberate into one answer."""
+
+
+if __name__ == "__main__":
+    main()

