@@ -154,6 +154,7 @@ class _Lenient:
         self.n = len(text)
         self.pos = 0
         self.cut = False
+        self.bare_words = 0
 
     def parse_container(self, start: int) -> tuple[Any, int]:
         self.pos = start
@@ -315,7 +316,10 @@ class _Lenient:
         if not token:
             raise _Malformed("empty value")
         self.pos = end.start()
-        return _token_value(token)
+        value = _token_value(token)
+        if isinstance(value, str):
+            self.bare_words += 1
+        return value
 
 
 # --- Finding JSON in a reply ------------------------------------------------------------------
@@ -424,6 +428,8 @@ def _scan(text: str, base: int, budget: _Budget) -> tuple[list[_Found], bool]:
             continue
         if parser.cut and not value:
             continue  # nothing complete survived the cut
+        if parser.bare_words and _rank(value) > 0:
+            continue  # "[see above]" is prose, not a list of unquoted words
         repaired.append(_Found(value, True, base + s, base + end))
         repaired_until = end
     kept = [
@@ -444,7 +450,7 @@ def _find_all(text: str) -> tuple[list[_Found], str | None]:
     else:
         if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):  # JSON sent as a string
             inner, _ = _find_all(value)
-            if inner:
+            if inner and _rank(inner[0].value) == 0:
                 return [replace(f, repaired=True) for f in inner], None
         return [_Found(value, False, 0, len(text))], None
     budget = _Budget(len(text))
@@ -485,7 +491,12 @@ def _plain(value: Any) -> Any:
 
 def extract_json(text: str) -> JsonExtraction:
     """The JSON a model meant to send: strict parse, then fenced blocks, then the first
-    balanced ``{...}``/``[...]`` span, then repairs (quotes, literals, commas, truncation)."""
+    balanced ``{...}``/``[...]`` span, then repairs (quotes, literals, commas, truncation).
+
+    Objects (and lists of objects) win over bare lists, and a strict span over a repaired one
+    unless the repair contains it (the complete items of a cut-off reply). Escapes keep their
+    JSON meaning here ("\\b" is a backspace); :func:`parse_proposal` restores damaged LaTeX.
+    """
     found, error = _find_all(text)
     if not found:
         return JsonExtraction(error=error)
@@ -507,8 +518,9 @@ _DAMAGED = {"\x08": "\\b", "\x0c": "\\f", "\t": "\\t", "\r": "\\r", "\n": "\\n"}
 _CONTROL_ONLY = re.compile(r"[\x08\x0c](?=[A-Za-z])")
 
 
-def _restore_latex(text: str, *, code: bool = False) -> str:
-    pattern = _CONTROL_ONLY if code else _LATEX_DAMAGE
+def _restore_latex(text: str, *, math_text: bool = True) -> str:
+    """Undo JSON-escape damage to LaTeX; tabs and newlines only in math, where it is clear."""
+    pattern = _LATEX_DAMAGE if math_text else _CONTROL_ONLY
     return pattern.sub(lambda m: _DAMAGED[m.group()], text)
 
 
@@ -558,17 +570,17 @@ def _last_boxed(text: str) -> str | None:
     return last
 
 
-def _answer_phrase(text: str) -> str | None:
-    """What follows the last "answer is" / "Answer:" (or the next line, if that is empty)."""
-    matches = list(_ANSWER_IS.finditer(text))
-    if not matches:
-        return None
-    last = matches[-1]
-    phrase = last.group(1).strip().strip("*_").strip()
-    if not phrase:
-        rest = text[last.end() :].strip()
-        phrase = rest.splitlines()[0].strip() if rest else ""
-    return phrase or None
+def _answer_phrases(text: str) -> list[str]:
+    """What follows each "answer is" / "Answer:" (or the next line, if empty), last first."""
+    phrases = []
+    for match in reversed(list(_ANSWER_IS.finditer(text))):
+        phrase = match.group(1).strip().strip("*_").strip()
+        if not phrase:
+            rest = text[match.end() :].strip()
+            phrase = rest.splitlines()[0].strip().strip("*_").strip() if rest else ""
+        if phrase:
+            phrases.append(phrase)
+    return phrases
 
 
 def _math_token(phrase: str) -> str | None:
@@ -593,8 +605,7 @@ def _math_final(text: str) -> str | None:
     boxed = _last_boxed(text)
     if boxed is not None:
         return boxed
-    phrase = _answer_phrase(text)
-    if phrase:
+    for phrase in _answer_phrases(text):
         token = _math_token(phrase)
         if token and normalize_final(token, "math"):
             return token
@@ -617,9 +628,9 @@ def _code_final(text: str) -> str | None:
 
 
 def _text_final(text: str) -> str | None:
-    phrase = _answer_phrase(text)
-    if phrase:
-        return phrase
+    phrases = _answer_phrases(text)
+    if phrases:
+        return phrases[0]
     for line in text.splitlines():
         if line.strip():
             return line.strip()[:200]
@@ -790,15 +801,15 @@ def parse_proposal(text: str, kind: AnswerKind) -> ParsedProposal:
     """
     kind = _check_kind(kind)
     found, error = _find_all(text)
-    code = kind == "code"
+    math_text = kind == "math"
     for candidate in found:
         obj = _proposal_dict(candidate.value)
         if obj is None:
             continue
         _, reasoning_value = _pick(obj, _REASONING_KEYS)
         answer_key, answer_value = _pick(obj, _ANSWER_KEYS)
-        reasoning = _restore_latex(_as_text(reasoning_value), code=code)
-        answer = _restore_latex(_as_text(answer_value), code=code)
+        reasoning = _restore_latex(_as_text(reasoning_value), math_text=math_text)
+        answer = _restore_latex(_as_text(answer_value), math_text=math_text)
         notes: list[str] = []
         answer_cut = isinstance(answer_value, _Cut)
         if answer_key is None or not answer.strip():
@@ -817,10 +828,9 @@ def parse_proposal(text: str, kind: AnswerKind) -> ParsedProposal:
     if not body:
         return ParsedProposal(answer="", error="empty reply")
     reason = error or "JSON has neither a reasoning nor an answer field"
-    answer = _restore_latex(body, code=code)
     return ParsedProposal(
-        answer=answer,
-        final=_final_of(answer, "", kind, answer_cut=False),
+        answer=body,
+        final=_final_of(body, "", kind, answer_cut=False),
         error=f"{reason}; the whole reply is used as the answer",
     )
 

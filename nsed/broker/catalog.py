@@ -31,9 +31,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from nsed.config import ModelSpec, format_validation_error, load_toml, validate_or_config_error
+from nsed.config import ModelSpec, load_toml, validate_or_config_error
 from nsed.errors import ConfigError
 
 # Capabilities a model may declare and a role may require. Task kinds (math, code, text) are a
@@ -91,12 +91,6 @@ class CatalogEntry(ModelSpec):
         default=None, gt=0, description="expected seconds per call, checked against the SLO"
     )
 
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise ConfigError(f"catalog entry: {format_validation_error(exc)}") from None
-
     @field_validator("family")
     @classmethod
     def _norm_family(cls, value: str) -> str:
@@ -150,12 +144,6 @@ class RoleSpec(BaseModel):
     capability: str | None = None
     count: int = Field(default=1, ge=1, le=64)
 
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise ConfigError(f"role: {format_validation_error(exc)}") from None
-
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
@@ -176,13 +164,6 @@ class Catalog(BaseModel):
 
     models: list[CatalogEntry] = Field(min_length=1)
     roles: list[RoleSpec] = Field(default_factory=list)
-
-    def __init__(self, **data: Any) -> None:
-        # Direct construction (the Python API) gets the same ConfigError as a TOML file.
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise ConfigError(f"catalog: {format_validation_error(exc)}") from None
 
     @model_validator(mode="after")
     def _unique(self) -> Catalog:
@@ -214,6 +195,7 @@ class Catalog(BaseModel):
 
     @classmethod
     def model_validate_toml(cls, data: dict[str, Any], *, source: str = "catalog") -> Catalog:
+        """Validate parsed TOML (or any dict, e.g. from the Python API) into ConfigError."""
         return validate_or_config_error(cls, data, source)
 
 

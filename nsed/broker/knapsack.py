@@ -45,7 +45,7 @@ from typing import Any, Literal
 import pulp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from nsed.broker.catalog import Catalog, CatalogEntry, RoleSpec, check_capability
+from nsed.broker.catalog import CAPABILITIES, Catalog, CatalogEntry, RoleSpec, check_capability
 from nsed.config import format_validation_error
 from nsed.errors import ConfigError, InfeasibleTeam
 
@@ -86,7 +86,7 @@ class BrokerPolicy(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise ConfigError(f"broker policy: {format_validation_error(exc)}") from None
+            raise ConfigError(f"broker policy: {_describe(exc)}") from None
 
     @model_validator(mode="after")
     def _check(self) -> BrokerPolicy:
@@ -103,6 +103,11 @@ class BrokerPolicy(BaseModel):
         if self.roles is not None:
             _check_roles(self.roles, self.min_team, self.max_team)
         return self
+
+
+def _describe(exc: ValidationError) -> str:
+    """Like config.format_validation_error, without the ``value:`` of whole-model checks."""
+    return format_validation_error(exc).removeprefix("value: ").replace("; value: ", "; ")
 
 
 def _check_roles(roles: Sequence[RoleSpec], min_team: int, max_team: int) -> None:
@@ -144,7 +149,7 @@ class ModelStats(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise ConfigError(f"model stats: {format_validation_error(exc)}") from None
+            raise ConfigError(f"model stats: {_describe(exc)}") from None
 
     @model_validator(mode="before")
     @classmethod
@@ -494,7 +499,12 @@ def select_team(
     """
     policy = policy or BrokerPolicy()
     stats = stats or {}
-    kind = check_capability(kind)
+    try:
+        kind = check_capability(kind)
+    except ConfigError:
+        raise ConfigError(
+            f"unknown task kind {kind!r}; valid kinds are: {', '.join(CAPABILITIES)}"
+        ) from None
     if isinstance(catalog_entries, Catalog):
         entries, catalog_roles = list(catalog_entries.models), catalog_entries.roles
     else:
@@ -502,7 +512,7 @@ def select_team(
     if not entries:
         raise ConfigError("the catalog is empty: list at least 2 candidate models")
     names = [e.name for e in entries]
-    repeated = sorted({n for n in names if names.count(n) > 1})
+    repeated = sorted(n for n, k in Counter(names).items() if k > 1)
     if repeated:
         raise ConfigError(f"catalog model names must be unique; repeated: {', '.join(repeated)}")
     roles = _role_plan(policy, catalog_roles)
@@ -689,8 +699,8 @@ def _family_problem(pool: Sequence[_Cand], roles: Sequence[_Role], policy: Broke
             f"at most {seats} seats but a team needs {need}"
         )
     return (
-        f"roles {', '.join(r.name for r in roles)} cannot all be filled with at most {k} "
-        "models per family"
+        f"roles {', '.join(r.name for r in roles)} cannot all be filled by distinct eligible "
+        f"models with at most {k} per family"
     )
 
 

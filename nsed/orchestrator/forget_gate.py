@@ -30,6 +30,7 @@ class TableRow(BaseModel):
 class OwnProposal(BaseModel):
     final: str | None
     answer: str
+    reasoning: str = ""
     support: float
 
 
@@ -39,6 +40,7 @@ class RoundDigest(BaseModel):
     round: int
     winner: str | None
     winner_answer: str = ""
+    winner_reasoning: str = ""
     winner_final: str | None = None
     winner_support: float = 0.0
     conviction: float = 0.0
@@ -91,6 +93,7 @@ def update(
         round=record.index,
         winner=record.winner,
         winner_answer=winner.answer if winner else "",
+        winner_reasoning=winner.reasoning if winner else "",
         winner_final=winner.final if winner else None,
         winner_support=record.support.get(record.winner or "", 0.0),
         conviction=record.conviction,
@@ -100,7 +103,10 @@ def update(
         ],
         own={
             p.agent: OwnProposal(
-                final=p.final, answer=p.answer, support=record.support.get(p.agent, 0.0)
+                final=p.final,
+                answer=p.answer,
+                reasoning=p.reasoning,
+                support=record.support.get(p.agent, 0.0),
             )
             for p in record.proposals
         },
@@ -124,6 +130,15 @@ def _weight(gamma: float, age: int) -> float:
 def _clip(text: str, chars: int) -> str:
     text = text.strip()
     return text if len(text) <= chars else text[: max(0, chars - 1)].rstrip() + "…"
+
+
+def _proposal_text(reasoning: str, answer: str, chars: int) -> str:
+    """A proposal within ``chars``: the answer in full if it fits, then a reasoning excerpt."""
+    answer = _clip(answer, chars)
+    room = chars - len(answer)
+    if reasoning.strip() and room > 120:
+        return f"Reasoning (excerpt): {_clip(reasoning, room)}\nAnswer: {answer}"
+    return answer
 
 
 def _band(support: float) -> str:
@@ -171,7 +186,8 @@ def _render(
     elif last.winner is not None:
         lines.append(
             f"Leading proposal (support {last.winner_support:+.2f}, conviction "
-            f"{last.conviction:.2f}):\n{_clip(last.winner_answer, answer_chars)}"
+            f"{last.conviction:.2f}):\n"
+            + _proposal_text(last.winner_reasoning, last.winner_answer, answer_chars)
         )
     if len(last.table) > 1:
         lines.append("All proposals of that round, by support:")
@@ -182,7 +198,8 @@ def _render(
             lines.append(f"- final {final}: support {row.support:+.2f}{tag}")
     if own is not None and last.winner != agent:
         lines.append(
-            f"Your previous proposal ({_band(own.support)}):\n{_clip(own.answer, answer_chars)}"
+            f"Your previous proposal ({_band(own.support)}):\n"
+            + _proposal_text(own.reasoning, own.answer, answer_chars)
         )
     mine = last.critiques.get(agent, [])
     if mine:
