@@ -81,7 +81,7 @@ def test_roles_are_optional(tmp_path):
 
 def test_get_unknown_model_lists_known_names(tmp_path):
     catalog = Catalog.from_toml(write(tmp_path, GOOD))
-    with pytest.raises(ConfigError, match="no model named 'llama'.*known: qwen-7b, gpt-mini"):
+    with pytest.raises(ConfigError, match=r"no model named 'llama'.*known: qwen-7b, gpt-mini"):
         catalog.get("llama")
 
 
@@ -143,13 +143,19 @@ def test_empty_missing_and_malformed_files(tmp_path):
         Catalog.from_toml(write(tmp_path, "[[models]\nname = 1\n"))
 
 
-def test_python_api_gets_the_same_errors():
+def test_python_api_validation():
     base = {"name": "a", "base_url": "http://127.0.0.1:1/v1", "model": "m", "family": "f"}
-    with pytest.raises(ConfigError, match="unknown capability 'vision'"):
+    # A dict from the Python API gets the same ConfigError as a TOML file...
+    with pytest.raises(ConfigError, match=r"api: models\.1\.capabilities: unknown capability"):
+        Catalog.model_validate_toml(
+            {"models": [base, {**base, "name": "b", "capabilities": ["vision"]}]}, source="api"
+        )
+    # ...and direct construction raises pydantic's ValidationError (a ValueError), like ModelSpec.
+    with pytest.raises(ValueError, match="unknown capability 'vision'"):
         CatalogEntry(**base, capabilities=["vision"])
-    with pytest.raises(ConfigError, match="repeated: a"):
+    with pytest.raises(ValueError, match="repeated: a"):
         Catalog(models=[CatalogEntry(**base), base])
+    with pytest.raises(ValueError, match="unknown capability"):
+        RoleSpec(name="x", capability="vision")
     entry = CatalogEntry(**base, capabilities=["MATH", "math", " code "])
     assert entry.capabilities == ["math", "code"]
-    with pytest.raises(ConfigError, match="unknown capability"):
-        RoleSpec(name="x", capability="vision")

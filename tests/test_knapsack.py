@@ -193,8 +193,13 @@ def check_against_brute_force(entries, stats, policy) -> None:
     if best is None:
         with pytest.raises(InfeasibleTeam) as info:
             select_team(entries, "math", policy, stats)
-        assert info.value.constraints, "an infeasible team must name its constraints"
-        assert all(c in str(info.value) for c in info.value.constraints)
+        constraints = info.value.constraints
+        assert constraints, "an infeasible team must name its constraints"
+        assert all(c in str(info.value) for c in constraints)
+        # The diagnosis blames the caps exactly when a team exists without them.
+        uncapped = policy.model_copy(update={"budget_usd": None, "vram_gb": None})
+        blames_caps = all(c.startswith(("budget", "vram")) for c in constraints)
+        assert blames_caps == (brute_force(entries, "math", uncapped, stats) is not None)
         return
     selection = select_team(entries, "math", policy, stats)
     assert_valid(selection, entries, policy, stats)
@@ -515,7 +520,7 @@ def test_bad_policy_is_config_error(kwargs, message):
 
 def test_bad_kind_and_duplicate_entries():
     entries = [entry("a"), entry("b", "llama"), entry("c", "gemma")]
-    with pytest.raises(ConfigError, match="valid capabilities are"):
+    with pytest.raises(ConfigError, match="unknown task kind 'poetry'; valid kinds are: math"):
         select_team(entries, "poetry")
     with pytest.raises(ConfigError, match="repeated: a"):
         select_team([*entries, entry("a", "phi")], "math")
