@@ -163,6 +163,12 @@ def test_latex_braces_in_prose_are_not_mistaken_for_json() -> None:
     assert extract_json(text).value == {"answer": "\\frac{1}{2}"}
 
 
+def test_bracketed_prose_is_not_a_list_of_words() -> None:
+    got = extract_json("[Round 2 \u00b7 Proposing]\nThe answer is 12.")
+    assert got.value is None
+    assert got.error == "malformed JSON could not be repaired"
+
+
 def test_object_preferred_over_earlier_bare_list() -> None:
     assert extract_json('See [1] and [2]. {"answer": "3"}').value == {"answer": "3"}
 
@@ -179,6 +185,10 @@ def test_json_sent_as_a_string_is_decoded() -> None:
     got = extract_json(json.dumps(json.dumps({"answer": "7"})))
     assert got.value == {"answer": "7"}
     assert got.repaired is True
+
+
+def test_a_plain_json_string_stays_a_string() -> None:
+    assert extract_json('"[x] marks the spot"').value == "[x] marks the spot"
 
 
 def test_mismatched_closing_bracket_is_repaired() -> None:
@@ -251,6 +261,10 @@ def test_answer_phrase_in_words_gives_the_stated_number() -> None:
     assert extract_final("So the answer is that there are 12 ways.", "math") == "12"
 
 
+def test_earlier_answer_phrase_when_the_last_states_no_number() -> None:
+    assert extract_final("The answer is 12. I am sure the answer is correct.", "math") == "12"
+
+
 def test_answer_phrase_keeps_an_expression() -> None:
     assert extract_final("The answer is x^2 + 1.", "math") == "x^2+1"
 
@@ -317,6 +331,12 @@ def test_tab_and_newline_latex_damage_is_restored() -> None:
 
 
 # --- extract_final: code and text ---------------------------------------------------------------
+
+
+def test_text_and_raw_replies_keep_real_newlines() -> None:
+    got = parse_proposal(json.dumps({"answer": "low\nmid - high"}), "text")
+    assert got.answer == "low\nmid - high"
+    assert parse_proposal("low\nmid - high", "math").answer == "low\nmid - high"
 
 
 def test_code_final_prefers_python_block() -> None:
@@ -675,6 +695,16 @@ def test_extract_json_round_trips_arbitrary_objects(
     assert got.repaired is False
     assert extract_json(f"Here is the JSON:\n{dumped}\nDone.").value == obj
     assert extract_json(f"```json\n{dumped}\n```\nThanks").value == obj
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    s=st.text(alphabet="0123456789,.$-+ xy=\\{}fracboxedt/%*'\"", max_size=20),
+    kind=st.sampled_from(["math", "code", "text"]),
+)
+def test_normalize_final_is_idempotent(s: str, kind: str) -> None:
+    once = normalize_final(s, kind)  # type: ignore[arg-type]
+    assert normalize_final(once, kind) == once  # type: ignore[arg-type]
 
 
 _critiques = st.text(max_size=25)

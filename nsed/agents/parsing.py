@@ -716,10 +716,18 @@ def normalize_final(s: str, kind: AnswerKind) -> str:
     (case kept).
     """
     kind = _check_kind(kind)
-    if kind == "math":
-        return _normalize_math(s)
     if kind == "code":
         return textwrap.dedent(s.replace("\r\n", "\n")).strip("\n").rstrip()
+    step = _normalize_math if kind == "math" else _normalize_text
+    for _ in range(8):  # to a fixed point, so that normalising twice changes nothing
+        nxt = step(s)
+        if nxt == s:
+            break
+        s = nxt
+    return s
+
+
+def _normalize_text(s: str) -> str:
     text = " ".join(s.split()).strip("*_ ").rstrip(".").strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'`":
         text = text[1:-1].strip()
