@@ -29,10 +29,10 @@ demo: install
 	$(BIN)/nsed ask "What is 17 * 23?" --kind math
 
 lint: install-dev
-	$(BIN)/ruff check nsed tests benchmarks
+	$(BIN)/ruff check nsed tests benchmarks examples
 
 test: install-dev
-	$(BIN)/ruff check nsed tests benchmarks
+	$(BIN)/ruff check nsed tests benchmarks examples
 	$(BIN)/pytest -q -p no:cacheprovider
 
 clean:

@@ -8,6 +8,8 @@ quadratically and iterate in rounds; the winner of the last completed round is t
     >>> result.final
 """
 
+import logging
+
 from nsed.config import AgentSpec, DeliberationConfig, ModelSpec, TeamSpec
 from nsed.council import Council, adeliberate, deliberate, resolve_team
 from nsed.errors import (
@@ -39,6 +41,9 @@ from nsed.orchestrator.events import (
 from nsed.results import AgentInfo, Deliberation, Proposal, Review, RoundRecord, Usage
 
 __version__ = "0.1.0"
+
+# A library logs, the application decides where it goes (nothing is printed by default).
+logging.getLogger("nsed").addHandler(logging.NullHandler())
 
 __all__ = [
     "AgentBenched",

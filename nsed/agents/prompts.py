@@ -142,7 +142,8 @@ def review_schema(labels: list[str]) -> dict[str, Any]:
                     "properties": {
                         "candidate": {"type": "string", "enum": labels},
                         "score": {"type": "integer", "minimum": -100, "maximum": 100},
-                        "critique": {"type": "string", "maxLength": 600},
+                        # no maxLength: llama.cpp expands it into a grammar that samples slowly
+                        "critique": {"type": "string"},
                     },
                     "required": ["candidate", "score", "critique"],
                     "additionalProperties": False,
