@@ -22,7 +22,11 @@ from rich.table import Table
 from nsed.council import Council
 from nsed.errors import NsedError
 from nsed.orchestrator.events import (
+    AgentBenched,
     AgentFailed,
+    AgentPromoted,
+    AgentReleased,
+    AgentSignedOn,
     Event,
     Finished,
     ProposalReceived,
@@ -108,6 +112,14 @@ def _show_event(console: Console, event: Event) -> None:
         )
     elif isinstance(event, RoundScored):
         console.print(_round_table(event.record))
+    elif isinstance(event, AgentBenched):
+        console.print(f"[yellow]benched {escape(event.agent)}[/]: {escape(event.reason)}")
+    elif isinstance(event, AgentSignedOn):
+        replaces = f" in place of {escape(event.replaces)}" if event.replaces else ""
+        console.print(f"[green]signed on {escape(event.agent)}[/]{replaces} (probation)")
+    elif isinstance(event, AgentPromoted | AgentReleased):
+        verb = "promoted" if isinstance(event, AgentPromoted) else "released"
+        console.print(f"{verb} {escape(event.agent)}: {escape(event.reason)}")
 
 
 def _show_result(console: Console, result: Deliberation) -> None:
@@ -135,11 +147,24 @@ def ask(
             "OPENAI_BASE_URL or the local model"
         ),
     ] = None,
+    catalog: Annotated[
+        Path | None,
+        typer.Option(
+            help="catalog TOML: the broker picks the team per question (instead of --team)"
+        ),
+    ] = None,
+    vram_gb: Annotated[
+        float | None,
+        typer.Option(help="with --catalog: VRAM for self-hosted models (vram_gb > 0)"),
+    ] = None,
     rounds: Annotated[int | None, typer.Option(help="maximum number of rounds")] = None,
     min_rounds: Annotated[int | None, typer.Option(help="no early stop before this round")] = None,
     kind: Annotated[str | None, typer.Option(help="math, code or text")] = None,
     qv_mode: Annotated[str | None, typer.Option(help="budget_signed or sqrt_raw")] = None,
-    budget_usd: Annotated[float | None, typer.Option(help="stop when this $ is spent")] = None,
+    budget_usd: Annotated[
+        float | None,
+        typer.Option(help="$ per question: stop when spent; with --catalog, the team's budget"),
+    ] = None,
     budget_tokens: Annotated[int | None, typer.Option(help="stop after this many tokens")] = None,
     seed: Annotated[int | None, typer.Option(help="seed for label shuffling")] = None,
     json_output: Annotated[
@@ -160,7 +185,7 @@ def ask(
         overrides["min_rounds"] = min(rounds, 2)
     if min_rounds is not None and rounds is None:
         overrides["max_rounds"] = max(min_rounds, 4)
-    council = Council(team)
+    council = Council(team, catalog=catalog, budget_usd=budget_usd, vram_gb=vram_gb)
     if json_output:
         result = anyio.run(lambda: council.run(question, **overrides))
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")

@@ -4,6 +4,12 @@ A Council binds a team and a configuration. Each ``run`` validates the question,
 team (see ``resolve_team`` for the precedence), checks the endpoints, builds one agent per seat
 and runs the round loop. Used as ``async with Council(...) as council`` it keeps its HTTP
 connections open across questions; otherwise each run opens and closes its own.
+
+With ``catalog=`` instead of a team, a :class:`~nsed.broker.broker.Broker` chooses each
+question's team from the catalog (knapsack under the $/VRAM budgets, with live telemetry),
+benches and replaces agents at round boundaries, and records telemetry after each question.
+This stays one class rather than a separate ``BrokeredCouncil`` so that every caller (the CLI,
+the server, benchmarks) gets brokering through the same ``run``/``stream`` API.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -28,9 +34,13 @@ from nsed.config import (
 )
 from nsed.errors import BackendUnreachable, ConfigError, InvalidQuestion, QuorumLost
 from nsed.orchestrator.events import Event
-from nsed.orchestrator.loop import EventSink, run_deliberation
+from nsed.orchestrator.loop import EventSink, RoundHook, run_deliberation
 from nsed.orchestrator.similarity import get_embedder
 from nsed.results import Deliberation
+
+if TYPE_CHECKING:
+    from nsed.broker.broker import Broker, CatalogLike
+    from nsed.store import Store
 
 log = logging.getLogger("nsed")
 
@@ -108,8 +118,38 @@ def make_backend(seat: AgentSpec, pool: EndpointPool) -> ChatBackend:
     return HTTPBackend(seat.spec, pool, name=seat.name)
 
 
+def make_agent(seat: AgentSpec, backend: ChatBackend, config: DeliberationConfig) -> Agent:
+    return Agent(
+        seat,
+        backend,
+        kind=config.kind,
+        max_rounds=config.max_rounds,
+        max_tokens=config.max_tokens,
+        context=config.system_context,
+    )
+
+
+def make_broker(
+    catalog: CatalogLike | None,
+    *,
+    budget_usd: float | None = None,
+    vram_gb: float | None = None,
+    store: Store | str | None = None,
+) -> Broker:
+    """A Broker for ``catalog`` with the default policy and these budgets."""
+    from nsed.broker.broker import Broker
+    from nsed.broker.knapsack import BrokerPolicy
+
+    if catalog is None:
+        raise ConfigError(
+            "vram_gb and store apply to a team chosen from a catalog: pass catalog=... "
+            "(a catalog TOML path) as well, or drop them"
+        )
+    return Broker(catalog, policy=BrokerPolicy(budget_usd=budget_usd, vram_gb=vram_gb), store=store)
+
+
 class Council:
-    """A reusable deliberating team."""
+    """A reusable deliberating team, fixed (``team``) or chosen per question (``catalog``)."""
 
     def __init__(
         self,
@@ -117,10 +157,27 @@ class Council:
         config: DeliberationConfig | dict[str, Any] | None = None,
         *,
         vote_weights: dict[str, float] | None = None,
+        catalog: CatalogLike | None = None,
+        budget_usd: float | None = None,
+        vram_gb: float | None = None,
+        store: Store | str | None = None,
+        broker: Broker | None = None,
     ) -> None:
+        """``catalog`` (with ``vram_gb`` for self-hosted models and ``store`` for telemetry) or
+        a ready ``broker`` replaces ``team``. ``budget_usd`` is the $ per question: the broker
+        plans within it, and the loop stops once it is spent (also without a catalog)."""
+        if broker is None and (catalog is not None or vram_gb is not None or store is not None):
+            broker = make_broker(catalog, budget_usd=budget_usd, vram_gb=vram_gb, store=store)
+        if broker is not None and team is not None:
+            raise ConfigError("pass either team=... or catalog=..., not both")
+        self.broker = broker
         self._team_arg = team
         self._team: TeamSpec | None = team if isinstance(team, TeamSpec) else None
         self.config = make_config(config)
+        if budget_usd is None and broker is not None:
+            budget_usd = broker.policy.budget_usd
+        if budget_usd is not None and self.config.budget_usd is None:
+            self.config = make_config(self.config, budget_usd=budget_usd)
         self.vote_weights = vote_weights
         self._pool: EndpointPool | None = None
 
@@ -150,11 +207,11 @@ class Council:
         """Deliberate on one question; ``overrides`` are DeliberationConfig fields."""
         cfg = make_config(config if config is not None else self.config, **overrides)
         question = validate_question(question, cfg)
-        team = self.team
+        run = self._run if self.broker is None else self._run_brokered
         if self._pool is not None:
-            return await self._run(question, team, cfg, self._pool, emit)
+            return await run(question, cfg, self._pool, emit)
         async with EndpointPool() as pool:
-            return await self._run(question, team, cfg, pool, emit)
+            return await run(question, cfg, pool, emit)
 
     async def stream(
         self,
@@ -191,25 +248,56 @@ class Council:
     async def _run(
         self,
         question: str,
-        team: TeamSpec,
         config: DeliberationConfig,
         pool: EndpointPool,
         emit: EventSink | None,
     ) -> Deliberation:
-        seats = team.agents()
+        return await self._deliberate(question, self.team.agents(), config, pool, emit)
+
+    async def _run_brokered(
+        self,
+        question: str,
+        config: DeliberationConfig,
+        pool: EndpointPool,
+        emit: EventSink | None,
+    ) -> Deliberation:
+        assert self.broker is not None
+        plan = await self.broker.plan(
+            config.kind,
+            emit=emit,
+            make_agent=lambda seat: make_agent(seat, make_backend(seat, pool), config),
+        )
+        result: Deliberation | None = None
+        try:
+            result = await self._deliberate(
+                question,
+                plan.seats,
+                config,
+                pool,
+                emit,
+                vote_weights={**(self.vote_weights or {}), **plan.vote_weights},
+                on_round_end=plan.on_round_end,
+                deliberation_id=plan.deliberation_id,
+            )
+        finally:
+            self.broker.finish(plan, result)
+        return result
+
+    async def _deliberate(
+        self,
+        question: str,
+        seats: list[AgentSpec],
+        config: DeliberationConfig,
+        pool: EndpointPool,
+        emit: EventSink | None,
+        *,
+        vote_weights: dict[str, float] | None = None,
+        on_round_end: RoundHook | None = None,
+        deliberation_id: str | None = None,
+    ) -> Deliberation:
         backends = {seat.name: make_backend(seat, pool) for seat in seats}
         live = await _preflight(seats, backends)
-        agents = [
-            Agent(
-                seat,
-                backends[seat.name],
-                kind=config.kind,
-                max_rounds=config.max_rounds,
-                max_tokens=config.max_tokens,
-                context=config.system_context,
-            )
-            for seat in live
-        ]
+        agents = [make_agent(seat, backends[seat.name], config) for seat in live]
         embedder = await anyio.to_thread.run_sync(get_embedder, config.embeddings)
         return await run_deliberation(
             question,
@@ -217,7 +305,9 @@ class Council:
             config,
             embedder=embedder,
             emit=emit,
-            vote_weights=self.vote_weights,
+            vote_weights=self.vote_weights if vote_weights is None else vote_weights,
+            on_round_end=on_round_end,
+            deliberation_id=deliberation_id,
         )
 
 
@@ -259,10 +349,21 @@ async def adeliberate(
     *,
     team: TeamLike = None,
     config: DeliberationConfig | dict[str, Any] | None = None,
+    catalog: CatalogLike | None = None,
+    budget: float | None = None,
+    vram_gb: float | None = None,
+    store: Store | str | None = None,
     **overrides: Any,
 ) -> Deliberation:
-    """Deliberate on ``question`` (async). ``overrides`` are DeliberationConfig fields."""
-    return await Council(team, config).run(question, **overrides)
+    """Deliberate on ``question`` (async). ``overrides`` are DeliberationConfig fields.
+
+    With ``catalog`` the broker picks the team within ``budget`` $ per question (and
+    ``vram_gb`` for self-hosted models), recording telemetry in ``store`` (default database).
+    """
+    council = Council(
+        team, config, catalog=catalog, budget_usd=budget, vram_gb=vram_gb, store=store
+    )
+    return await council.run(question, **overrides)
 
 
 def deliberate(
@@ -270,10 +371,26 @@ def deliberate(
     *,
     team: TeamLike = None,
     config: DeliberationConfig | dict[str, Any] | None = None,
+    catalog: CatalogLike | None = None,
+    budget: float | None = None,
+    vram_gb: float | None = None,
+    store: Store | str | None = None,
     **overrides: Any,
 ) -> Deliberation:
     """Deliberate on ``question`` and return the result (blocking).
 
-    With no team and no environment configuration this starts the embedded local model.
+    With no team, no catalog and no environment configuration this starts the embedded local
+    model. See :func:`adeliberate` for ``catalog``, ``budget``, ``vram_gb`` and ``store``.
     """
-    return anyio.run(lambda: adeliberate(question, team=team, config=config, **overrides))
+    return anyio.run(
+        lambda: adeliberate(
+            question,
+            team=team,
+            config=config,
+            catalog=catalog,
+            budget=budget,
+            vram_gb=vram_gb,
+            store=store,
+            **overrides,
+        )
+    )

@@ -65,6 +65,7 @@ class Failure(BaseModel):
     agent: str
     phase: str
     error: str
+    timeout: bool = Field(default=False, description="the call timed out (BackendTimeout)")
 
 
 class RoundRecord(BaseModel):
@@ -89,6 +90,9 @@ class RoundRecord(BaseModel):
     wall_s: float = 0.0
     state_tokens: int = 0
     failures: list[Failure] = Field(default_factory=list)
+    agent_usage: dict[str, Usage] = Field(
+        default_factory=dict, description="per agent: tokens, cost, calls, failed calls"
+    )
 
 
 class AgentInfo(BaseModel):

@@ -92,7 +92,12 @@ class BenchResult(SQLModel, table=True):
 
 
 class ModelStat(SQLModel, table=True):
-    """Live telemetry of one model on one task kind, updated after every deliberation."""
+    """Live telemetry of one model on one task kind, updated after every deliberation.
+
+    ``calls`` counts attempted calls (``failures`` of them failed, ``timeouts`` of those timed
+    out); ``wins`` counts deliberations whose final answer was this model's, ``round_wins``
+    rounds it won; ``graded``/``correct`` count deliberations with a known gold answer.
+    """
 
     __tablename__ = "model_stats"
 
@@ -109,6 +114,7 @@ class ModelStat(SQLModel, table=True):
     support_sum: float = 0.0
     support_n: int = 0
     wins: int = 0
+    round_wins: int = 0
     rounds_played: int = 0
     deliberations: int = 0
     graded: int = 0
@@ -124,9 +130,11 @@ class AgentStatusRow(SQLModel, table=True):
     model_name: str = Field(primary_key=True)
     status: str = "active"  # active | benched | probation | released
     strikes: int = 0
-    benched_until: datetime | None = None
-    probation_rounds: int = 0
+    fail_streak: int = Field(default=0, description="failed calls in a row")
+    benched_until: datetime | None = Field(default=None, description="UTC")
+    probation_rounds: int = Field(default=0, description="rounds played on probation")
     recent_support: str = Field(default="[]", description="JSON list of recent support values")
+    recent_correct: str = Field(default="[]", description="JSON list of recent graded results")
     updated_at: datetime = Field(default_factory=_now)
 
 
@@ -137,9 +145,9 @@ class BrokerEventRow(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     created_at: datetime = Field(default_factory=_now, index=True)
-    kind: str
-    agent: str
-    detail: str = ""
+    kind: str = Field(description="the event type: agent_benched, agent_signed_on, ...")
+    agent: str = Field(index=True)
+    detail: str = Field(default="", description="the event as JSON")
     deliberation_id: str | None = None
 
 

@@ -9,6 +9,10 @@ and recorded, never guessed. An agent whose call fails is skipped for that phase
 fails twice in a row is out for the rest of the deliberation. When fewer than two agents are
 left, ``QuorumLost`` is raised if no round has completed, otherwise the deliberation ends with
 the last completed round's winner (``stopped_because = "quorum_lost"``).
+
+An optional ``on_round_end`` hook runs at every round boundary, after the round is scored; it
+may change the seats for the next round (``seat``/``unseat``) and ``vote_weights``. This is how
+free agency benches an agent and signs on a replacement mid-deliberation.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from nsed.agents.agent import Agent
 from nsed.agents.backend import Completion
 from nsed.agents.parsing import normalize_final
 from nsed.config import DeliberationConfig
-from nsed.errors import NsedError, QuorumLost
+from nsed.errors import BackendTimeout, ConfigError, NsedError, QuorumLost
 from nsed.orchestrator import forget_gate
 from nsed.orchestrator.events import (
     AgentFailed,
@@ -54,6 +58,8 @@ from nsed.results import (
 log = logging.getLogger("nsed.loop")
 
 EventSink = Callable[[Event], Awaitable[None]]
+# (run, the round just scored, whether another round follows) -> None
+RoundHook = Callable[["DeliberationRun", RoundRecord, bool], Awaitable[None]]
 MAX_CONSECUTIVE_FAILURES = 2
 SCORE_LIMIT = 100.0
 
@@ -102,13 +108,16 @@ class DeliberationRun:
         emit: EventSink | None = None,
         vote_weights: dict[str, float] | None = None,
         deliberation_id: str | None = None,
+        on_round_end: RoundHook | None = None,
     ) -> None:
         self.question = question
-        self.agents = agents
+        self.agents = list(agents)
+        self.seated: list[Agent] = list(agents)  # everyone who ever had a seat, in order
         self.config = config
         self.embedder = embedder
         self.emit = emit or _no_sink
-        self.vote_weights = vote_weights or {}
+        self.vote_weights = dict(vote_weights or {})  # a copy: the hook may change it
+        self.on_round_end = on_round_end
         self.id = deliberation_id or uuid.uuid4().hex
         self.usage = Usage()
         self.rounds: list[RoundRecord] = []
@@ -130,7 +139,25 @@ class DeliberationRun:
     def live_agents(self) -> list[Agent]:
         return [a for a in self.agents if self._failures[a.name] < MAX_CONSECUTIVE_FAILURES]
 
-    def _account(self, completion: Completion, record: RoundRecord) -> None:
+    def seat(self, agent: Agent, *, replaces: str | None = None) -> None:
+        """Give ``agent`` a seat from the next round on, in ``replaces``' seat if named."""
+        if any(a.name == agent.name for a in self.agents):
+            raise ConfigError(f"agent {agent.name!r} already has a seat; unseat it first")
+        names = [a.name for a in self.agents]
+        if replaces is not None and replaces in names:
+            self.agents[names.index(replaces)] = agent
+        else:
+            self.agents.append(agent)
+        self._failures[agent.name] = 0
+        if all(a.name != agent.name for a in self.seated):
+            self.seated.append(agent)
+        self._redact = _Redactor(self.seated)
+
+    def unseat(self, name: str) -> None:
+        """Remove agent ``name`` from the table from the next round on."""
+        self.agents = [a for a in self.agents if a.name != name]
+
+    def _account(self, agent: Agent, completion: Completion, record: RoundRecord) -> None:
         self.usage.prompt_tokens += completion.prompt_tokens
         self.usage.completion_tokens += completion.completion_tokens
         self.usage.cost_usd += completion.cost_usd
@@ -139,12 +166,29 @@ class DeliberationRun:
         record.prompt_tokens += completion.prompt_tokens
         record.completion_tokens += completion.completion_tokens
         record.cost_usd += completion.cost_usd
+        record.agent_usage.setdefault(agent.name, Usage()).add(
+            Usage(
+                prompt_tokens=completion.prompt_tokens,
+                completion_tokens=completion.completion_tokens,
+                cost_usd=completion.cost_usd,
+                calls=1,
+                retries=completion.retries,
+            )
+        )
 
     async def _fail(self, agent: Agent, phase: str, exc: Exception, record: RoundRecord) -> None:
         self._failures[agent.name] += 1
         self.usage.failed_calls += 1
         error = str(exc) or type(exc).__name__
-        record.failures.append(Failure(agent=agent.name, phase=phase, error=error))
+        record.failures.append(
+            Failure(
+                agent=agent.name,
+                phase=phase,
+                error=error,
+                timeout=isinstance(exc, BackendTimeout),
+            )
+        )
+        record.agent_usage.setdefault(agent.name, Usage()).failed_calls += 1
         log.warning("round %d: %s failed to %s: %s", record.index, agent.name, phase, error)
         await self.emit(AgentFailed(round=record.index, agent=agent.name, phase=phase, error=error))
 
@@ -174,7 +218,7 @@ class DeliberationRun:
                 await self._fail(agent, "propose", exc, record)
                 return
             self._failures[agent.name] = 0
-            self._account(completion, record)
+            self._account(agent, completion, record)
             proposals[agent.name] = proposal
             await self.emit(ProposalReceived(round=record.index, proposal=proposal))
 
@@ -225,7 +269,7 @@ class DeliberationRun:
                 await self._fail(agent, "review", exc, record)
                 return
             self._failures[agent.name] = 0
-            self._account(completion, record)
+            self._account(agent, completion, record)
             reviews = []
             for item in parsed.items:
                 author = author_of.get(item.candidate)
@@ -358,6 +402,8 @@ class DeliberationRun:
                     budget_usd=self.config.budget_usd,
                 )
             )
+            if self.on_round_end is not None:
+                await self.on_round_end(self, record, not decision.stop)
             if decision.stop:
                 stopped_because = decision.reason or "max_rounds"
                 break
@@ -384,7 +430,7 @@ class DeliberationRun:
                     persona=a.seat.persona,
                     role=a.seat.role,
                 )
-                for a in self.agents
+                for a in self.seated
             ],
             wall_s=wall_s,
             config=self.config.model_dump(mode="json"),
@@ -400,6 +446,7 @@ async def run_deliberation(
     emit: EventSink | None = None,
     vote_weights: dict[str, float] | None = None,
     deliberation_id: str | None = None,
+    on_round_end: RoundHook | None = None,
 ) -> Deliberation:
     """Run one deliberation and emit ``Finished`` with its result."""
     run = DeliberationRun(
@@ -410,6 +457,7 @@ async def run_deliberation(
         emit=emit,
         vote_weights=vote_weights,
         deliberation_id=deliberation_id,
+        on_round_end=on_round_end,
     )
     result = await run.run()
     await run.emit(Finished(deliberation=result))
