@@ -17,8 +17,10 @@ API keys are sent as ``Authorization: Bearer`` and never logged or put in an err
 from __future__ import annotations
 
 import email.utils
+import functools
 import logging
 import random
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -97,6 +99,14 @@ class _Endpoint:
     structured_downgrade: StructuredMode | None = None
 
 
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """One verified TLS context per process: building it costs ~80 ms, so pools share it."""
+    import certifi  # httpx's own CA bundle
+
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 class EndpointPool:
     """One AsyncClient and one concurrency limiter per base URL, for one event loop.
 
@@ -115,7 +125,9 @@ class EndpointPool:
                 keepalive_expiry=4.0,  # below llama.cpp's keep-alive timeout of 5 s
             )
             ep = _Endpoint(
-                client=httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(spec.timeout_s)),
+                client=httpx.AsyncClient(
+                    limits=limits, timeout=httpx.Timeout(spec.timeout_s), verify=_ssl_context()
+                ),
                 limiter=anyio.CapacityLimiter(spec.max_concurrency),
             )
             self._endpoints[spec.base_url] = ep
