@@ -162,10 +162,13 @@ class Council:
         vram_gb: float | None = None,
         store: Store | str | None = None,
         broker: Broker | None = None,
+        pool: EndpointPool | None = None,
     ) -> None:
         """``catalog`` (with ``vram_gb`` for self-hosted models and ``store`` for telemetry) or
         a ready ``broker`` replaces ``team``. ``budget_usd`` is the $ per question: the broker
-        plans within it, and the loop stops once it is spent (also without a catalog)."""
+        plans within it, and the loop stops once it is spent (also without a catalog).
+        ``pool`` is an open EndpointPool owned by the caller (e.g. a server's, shared by
+        per-request variants): every run uses it, and the Council never closes it."""
         if broker is None and (catalog is not None or vram_gb is not None or store is not None):
             broker = make_broker(catalog, budget_usd=budget_usd, vram_gb=vram_gb, store=store)
         if broker is not None and team is not None:
@@ -179,7 +182,8 @@ class Council:
         if budget_usd is not None and self.config.budget_usd is None:
             self.config = make_config(self.config, budget_usd=budget_usd)
         self.vote_weights = vote_weights
-        self._pool: EndpointPool | None = None
+        self._shared_pool = pool
+        self._pool: EndpointPool | None = pool
 
     @property
     def team(self) -> TeamSpec:
@@ -187,12 +191,18 @@ class Council:
             self._team = resolve_team(self._team_arg)
         return self._team
 
+    @property
+    def pool(self) -> EndpointPool | None:
+        """The connection pool runs use now (None: each run opens its own)."""
+        return self._pool
+
     async def __aenter__(self) -> Council:
-        self._pool = EndpointPool()
+        if self._shared_pool is None:
+            self._pool = EndpointPool()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._pool is not None:
+        if self._pool is not None and self._pool is not self._shared_pool:
             await self._pool.aclose()
             self._pool = None
 
@@ -202,22 +212,28 @@ class Council:
         *,
         config: DeliberationConfig | dict[str, Any] | None = None,
         emit: EventSink | None = None,
+        deliberation_id: str | None = None,
         **overrides: Any,
     ) -> Deliberation:
-        """Deliberate on one question; ``overrides`` are DeliberationConfig fields."""
+        """Deliberate on one question; ``overrides`` are DeliberationConfig fields.
+
+        ``deliberation_id`` names the run (default: a fresh uuid) so a caller that announced an
+        id before the run finished (the server) finds it in the result, the store and telemetry.
+        """
         cfg = make_config(config if config is not None else self.config, **overrides)
         question = validate_question(question, cfg)
         run = self._run if self.broker is None else self._run_brokered
         if self._pool is not None:
-            return await run(question, cfg, self._pool, emit)
+            return await run(question, cfg, self._pool, emit, deliberation_id)
         async with EndpointPool() as pool:
-            return await run(question, cfg, pool, emit)
+            return await run(question, cfg, pool, emit, deliberation_id)
 
     async def stream(
         self,
         question: str,
         *,
         config: DeliberationConfig | dict[str, Any] | None = None,
+        deliberation_id: str | None = None,
         **overrides: Any,
     ) -> AsyncIterator[Event]:
         """Deliberate and yield typed events as they happen; the last one is ``Finished``.
@@ -230,7 +246,13 @@ class Council:
         async def runner() -> None:
             async with send:
                 try:
-                    await self.run(question, config=config, emit=send.send, **overrides)
+                    await self.run(
+                        question,
+                        config=config,
+                        emit=send.send,
+                        deliberation_id=deliberation_id,
+                        **overrides,
+                    )
                 except Exception as exc:  # re-raised below, outside the task group
                     errors.append(exc)
 
@@ -251,8 +273,11 @@ class Council:
         config: DeliberationConfig,
         pool: EndpointPool,
         emit: EventSink | None,
+        deliberation_id: str | None = None,
     ) -> Deliberation:
-        return await self._deliberate(question, self.team.agents(), config, pool, emit)
+        return await self._deliberate(
+            question, self.team.agents(), config, pool, emit, deliberation_id=deliberation_id
+        )
 
     async def _run_brokered(
         self,
@@ -260,12 +285,14 @@ class Council:
         config: DeliberationConfig,
         pool: EndpointPool,
         emit: EventSink | None,
+        deliberation_id: str | None = None,
     ) -> Deliberation:
         assert self.broker is not None
         plan = await self.broker.plan(
             config.kind,
             emit=emit,
             make_agent=lambda seat: make_agent(seat, make_backend(seat, pool), config),
+            deliberation_id=deliberation_id,
         )
         result: Deliberation | None = None
         try:

@@ -141,9 +141,14 @@ class Broker:
         *,
         emit: EventSink | None = None,
         make_agent: AgentFactory | None = None,
+        deliberation_id: str | None = None,
     ) -> Plan:
-        """Choose the team for one question of ``kind``; set up free agency for its rounds."""
-        deliberation_id = uuid.uuid4().hex
+        """Choose the team for one question of ``kind``; set up free agency for its rounds.
+
+        ``deliberation_id`` (default: a fresh uuid) is the id the decisions and telemetry are
+        stored under; pass the caller's run id so they match the result.
+        """
+        deliberation_id = deliberation_id or uuid.uuid4().hex
         stats = self.stats(kind, await self.loads())
         agency: FreeAgency | None = None
         if self.free_agency:

@@ -1,0 +1,228 @@
+"""One deliberation as an HTTP response: admitted, run, accounted, saved, written.
+
+Everything (admission, deliberating, writing, watching for a disconnect) happens in the ASGI
+call's own task and its children, so a timeout or a disconnect cancels the backend calls at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import anyio
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from nsed.errors import StoreError
+from nsed.orchestrator.events import AgentFailed, Event, Finished, RoundScored
+from nsed.results import Deliberation
+from nsed.server.errors import ApiError, api_error_from
+from nsed.server.limits import QueueFull
+from nsed.server.protocol import Envelope, summary_of, usage_of
+from nsed.server.state import Job, Runtime
+from nsed.server.streaming import (
+    DONE,
+    KEEP_ALIVE,
+    ResponseWriter,
+    event_payload,
+    pieces,
+    progress_comment,
+    sse,
+    sse_comment,
+)
+from nsed.server.translate import apply_stop
+
+log = logging.getLogger("nsed.server")
+
+
+class DeliberationResponse(Response):
+    """Runs one deliberation inside the ASGI call and writes it as JSON or as SSE."""
+
+    def __init__(self, runtime: Runtime, job: Job) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.job = job
+        self._envelope = Envelope(job.run_id, int(time.time()), job.model)
+        self._out = ResponseWriter({"x-nsed-run-id": job.run_id})
+
+    # --- ASGI ----------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        out = self._out
+        out.send = send
+        started = time.perf_counter()
+        status = "cancelled"
+        async with anyio.create_task_group() as tg:
+
+            async def watch_disconnect() -> None:
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        if not out.finished:
+                            out.client_gone = True
+                            tg.cancel_scope.cancel()
+                        return
+
+            out.scope = tg.cancel_scope
+            tg.start_soon(watch_disconnect)
+            status = await self._respond(started)
+            out.finished = True
+            tg.cancel_scope.cancel()
+        if out.client_gone:
+            status = "cancelled"
+        self._record(status, time.perf_counter() - started)
+
+    def _record(self, status: str, seconds: float) -> None:
+        m, name = self.runtime.metrics, self.job.council_name
+        m.deliberations.labels(name, status).inc()
+        if status in ("timeout", "backend_error", "error"):
+            m.failures.labels(name, status).inc()
+        log.info("run %s council=%s status=%s %.2fs", self.job.run_id, name, status, seconds)
+
+    async def _respond(self, started: float) -> str:
+        """Admit, deliberate, answer; returns the metrics status."""
+        settings = self.runtime.settings
+        try:
+            with anyio.fail_after(settings.request_timeout_s):
+                async with self.runtime.admission.slot():
+                    if self.job.request.stream:
+                        result = await self._stream()
+                    else:
+                        result = await self._deliberate(self._count)
+                        answer = apply_stop(result.answer, self.job.request.stop_sequences())
+                        await self._out.send_json(200, self._envelope.completion(answer, result))
+                    self._account(result, time.perf_counter() - started)
+            await self._save(result)
+            return "ok"
+        except QueueFull:
+            retry = self.runtime.retry_after_s()
+            error = ApiError(
+                429,
+                f"the server is busy ({settings.max_concurrent} deliberations running, "
+                f"{settings.max_queue} waiting); retry after {retry} s",
+                code="server_busy",
+                headers={"retry-after": str(retry)},
+            )
+            status = "rejected"
+        except Exception as exc:
+            error, status = api_error_from(exc, settings.request_timeout_s)
+        await self._send_error(error)
+        return status
+
+    # --- deliberating --------------------------------------------------------------------------
+
+    async def _count(self, event: Event) -> None:
+        m, name = self.runtime.metrics, self.job.council_name
+        if isinstance(event, RoundScored):
+            m.rounds.labels(name).inc()
+        elif isinstance(event, AgentFailed):
+            m.failures.labels(name, "agent_call").inc()
+
+    async def _deliberate(self, emit: Any) -> Deliberation:
+        # The run id was promised in the headers before the run finished: the council uses it.
+        job = self.job
+        result = await job.council.run(
+            job.question, config=job.config, emit=emit, deliberation_id=job.run_id
+        )
+        self.runtime.remember(result)
+        return result
+
+    def _account(self, result: Deliberation, seconds: float) -> None:
+        m, name = self.runtime.metrics, self.job.council_name
+        m.latency.labels(name).observe(seconds)
+        m.tokens.labels(name, "prompt").inc(result.usage.prompt_tokens)
+        m.tokens.labels(name, "completion").inc(result.usage.completion_tokens)
+        m.cost.labels(name).inc(result.usage.cost_usd)
+        self.runtime.observe_latency(seconds)
+
+    async def _save(self, result: Deliberation) -> None:
+        store = self.runtime.store
+        if store is None:
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                await anyio.to_thread.run_sync(store.save_deliberation, result)
+            except StoreError as exc:
+                log.warning("run %s not saved: %s", result.id, exc)
+
+    async def _stream(self) -> Deliberation:
+        events_in, events_out = anyio.create_memory_object_stream[Event](math.inf)
+        outcome: list[Deliberation | Exception] = []
+        stream_events = bool(self.job.request.nsed and self.job.request.nsed.stream_events)
+
+        async def emit(event: Event) -> None:
+            await self._count(event)
+            await events_in.send(event)
+
+        async def runner() -> None:
+            async with events_in:
+                try:
+                    outcome.append(await self._deliberate(emit))
+                except Exception as exc:  # re-raised below, outside the task group
+                    outcome.append(exc)
+
+        async def heartbeat() -> None:
+            while True:
+                await anyio.sleep(self.runtime.settings.heartbeat_s)
+                await self._start_stream()
+                await self._out.write(KEEP_ALIVE)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(runner)
+            tg.start_soon(heartbeat)
+            async with events_out:
+                async for event in events_out:
+                    if isinstance(event, Finished):
+                        continue
+                    await self._start_stream()
+                    if stream_events:
+                        chunk = self._envelope.chunk([], nsed_event=event_payload(event))
+                        await self._out.write(sse(chunk))
+                    else:
+                        comment = progress_comment(event)
+                        if comment:
+                            await self._out.write(sse_comment(comment))
+            tg.cancel_scope.cancel()
+        result = outcome[0]
+        if isinstance(result, Exception):
+            raise result
+        await self._finish_stream(result, stream_events)
+        return result
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    async def _send_error(self, error: ApiError) -> None:
+        self.runtime.metrics.errors.labels(str(error.status)).inc()
+        if self._out.client_gone:
+            return
+        if not self._out.started:
+            await self._out.send_json(error.status, error.body(), error.headers)
+        else:
+            await self._out.write(sse(error.body()), more=False)
+
+    async def _start_stream(self) -> None:
+        """Send the SSE headers and the role chunk, once."""
+        if self._out.started:
+            return
+        role = self._envelope.chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}}])
+        await self._out.start_sse(sse(role))
+
+    async def _finish_stream(self, result: Deliberation, stream_events: bool) -> None:
+        out, envelope = self._out, self._envelope
+        await self._start_stream()
+        if stream_events:
+            chunk = envelope.chunk([], nsed_event=event_payload(Finished(deliberation=result)))
+            await out.write(sse(chunk))
+        answer = apply_stop(result.answer, self.job.request.stop_sequences())
+        for piece in pieces(answer):
+            await out.write(sse(envelope.chunk([{"index": 0, "delta": {"content": piece}}])))
+        done = envelope.chunk(
+            [{"index": 0, "delta": {}, "finish_reason": "stop"}], nsed=summary_of(result)
+        )
+        await out.write(sse(done))
+        options = self.job.request.stream_options
+        if options is not None and options.include_usage:
+            await out.write(sse(envelope.chunk([], usage=usage_of(result))))
+        await out.write(DONE, more=False)

@@ -1,0 +1,146 @@
+"""``nsed serve``: serve councils as OpenAI-compatible models (registered by nsed.cli).
+
+Which councils are served:
+
+* ``--team team.toml`` (or ``--catalog catalog.toml``) is the default council, ``nsed/council``;
+* ``--council NAME=team.toml`` (repeatable) adds ``nsed/NAME``;
+* with neither ``--team``, ``--catalog`` nor ``--council``, the default council is
+  ``resolve_team()``: ``NSED_TEAM``, ``OPENAI_BASE_URL`` or the embedded local model.
+
+With ``--catalog`` the council is brokered: for every question the broker picks the team from
+the catalog for the request's kind (``"nsed": {"kind": ...}``) with its default policy, and keeps
+its telemetry in the nsed database (the one ``--store`` names, else the default).
+API keys come from ``NSED_SERVER_API_KEYS`` (comma-separated) and/or ``--api-keys-file``; they
+are never printed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from nsed.broker.catalog import Catalog
+from nsed.config import DeliberationConfig, TeamSpec, validate_or_config_error
+from nsed.council import resolve_team
+from nsed.errors import ConfigError
+from nsed.server import DEFAULT_COUNCIL, CouncilSpec, ServerSettings, load_api_keys, run_server
+
+serve_app = typer.Typer(add_completion=False)
+
+
+def parse_council_option(value: str) -> tuple[str, Path]:
+    """``NAME=path/to/team.toml`` -> (name, path)."""
+    name, sep, path = value.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise ConfigError(f"--council {value!r}: write it as NAME=path/to/team.toml")
+    return name.strip(), Path(path.strip())
+
+
+def build_settings(
+    *,
+    team: Path | None = None,
+    catalog: Path | None = None,
+    councils: list[str] | None = None,
+    config: Path | None = None,
+    api_keys_file: Path | None = None,
+    **limits: object,
+) -> ServerSettings:
+    """ServerSettings from the command-line values (also usable from Python)."""
+    if team is not None and catalog is not None:
+        raise ConfigError("give either --team or --catalog, not both")
+    base = DeliberationConfig.from_toml(config) if config else DeliberationConfig()
+    specs: dict[str, CouncilSpec] = {}
+    for option in councils or []:
+        name, path = parse_council_option(option)
+        if name in specs:
+            raise ConfigError(f"--council {name} is given twice; use one name per council")
+        specs[name] = CouncilSpec(team=TeamSpec.from_toml(path), config=base)
+    default: CouncilSpec | None = None
+    if team is not None:
+        default = CouncilSpec(team=TeamSpec.from_toml(team), config=base)
+    elif catalog is not None:
+        default = CouncilSpec(catalog=Catalog.from_toml(catalog), config=base)
+    elif not specs:
+        default = CouncilSpec(team=resolve_team(), config=base)
+    if default is not None:
+        if DEFAULT_COUNCIL in specs:
+            raise ConfigError(
+                f"--council {DEFAULT_COUNCIL}=... clashes with --team/--catalog; "
+                "name the extra council differently"
+            )
+        specs = {DEFAULT_COUNCIL: default, **specs}
+    values = {k: v for k, v in limits.items() if v is not None}
+    data = {"councils": specs, "api_keys": load_api_keys(api_keys_file), **values}
+    return validate_or_config_error(ServerSettings, data, "server settings")
+
+
+@serve_app.command()
+def serve(
+    team: Annotated[
+        Path | None, typer.Option(help="team TOML for the default council nsed/council")
+    ] = None,
+    catalog: Annotated[
+        Path | None, typer.Option(help="catalog TOML: the broker picks the default council")
+    ] = None,
+    council: Annotated[
+        list[str] | None,
+        typer.Option(help="extra council NAME=team.toml, served as nsed/NAME (repeatable)"),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="deliberation config TOML for every council")
+    ] = None,
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    api_keys_file: Annotated[
+        Path | None, typer.Option(help="file with one bearer key per line (also env)")
+    ] = None,
+    max_concurrent: Annotated[
+        int | None, typer.Option(help="deliberations running at once (default 8)")
+    ] = None,
+    max_queue: Annotated[
+        int | None, typer.Option(help="requests waiting beyond that; more get 429 (default 32)")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="seconds per request, queueing included (default 600)")
+    ] = None,
+    max_body_bytes: Annotated[
+        int | None, typer.Option(help="largest request body accepted (default 1 MB)")
+    ] = None,
+    store: Annotated[
+        bool, typer.Option(help="also save traces to the nsed database (NSED_DATABASE_URL)")
+    ] = False,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Serve councils as OpenAI-compatible models at http://HOST:PORT/v1."""
+    store_url = None
+    if store:
+        from nsed.store import default_database_url
+
+        store_url = default_database_url()
+    settings = build_settings(
+        team=team,
+        catalog=catalog,
+        councils=council,
+        config=config,
+        api_keys_file=api_keys_file,
+        host=host,
+        port=port,
+        max_concurrent=max_concurrent,
+        max_queue=max_queue,
+        request_timeout_s=timeout,
+        max_body_bytes=max_body_bytes,
+        store_url=store_url,
+    )
+    console = Console(stderr=True)
+    auth = f"{len(settings.api_keys)} key(s)" if settings.api_keys else "off"
+    console.print(
+        f"nsed: serving {', '.join(settings.model_ids())} at http://{host}:{port}/v1 "
+        f"(auth {auth}, {settings.max_concurrent} concurrent, queue {settings.max_queue})"
+    )
+    run_server(settings, log_level=log_level)
+
+
+__all__ = ["build_settings", "parse_council_option", "serve_app"]
