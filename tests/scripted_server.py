@@ -36,6 +36,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from nsed.server.background import bind_listening_socket
+
 __all__ = [
     "ChatRequest",
     "Handler",
@@ -375,11 +377,7 @@ class ScriptedServer:
         """Bind a free port and serve in a daemon thread; returns once the server accepts."""
         if self._thread is not None:
             return self
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, 0))
-        sock.listen(1024)
-        sock.setblocking(False)
+        sock = bind_listening_socket(self.host, 0)
         self._sock = sock
         self.port = int(sock.getsockname()[1])
         config = uvicorn.Config(

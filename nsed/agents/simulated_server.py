@@ -41,6 +41,7 @@ from nsed.agents.simulated import (
     parse_sim_url,
 )
 from nsed.errors import BackendError, ConfigError, NsedError
+from nsed.server.background import bind_listening_socket
 
 PORT_LINE = "NSED_SIM_SERVER_PORT="
 
@@ -140,18 +141,6 @@ def create_app(
     )
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only when
-    # the listening socket says TCP, and without it Nagle + delayed ACK add ~40 ms per reply.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
-
-
 def _uvicorn(app: Starlette) -> uvicorn.Server:
     config = uvicorn.Config(
         app,
@@ -189,7 +178,7 @@ class SimulatedServer:
         return f"http://{self.host}:{self.port}/v1"
 
     def start(self, timeout_s: float = 10.0) -> SimulatedServer:
-        sock = _bind(self.host, 0)
+        sock = bind_listening_socket(self.host, 0)
         self._sock, self.port = sock, int(sock.getsockname()[1])
         server = self._server = _uvicorn(self._app)
         self._thread = threading.Thread(
@@ -299,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     except NsedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    sock = _bind(args.host, args.port)
+    sock = bind_listening_socket(args.host, args.port)
     server = _uvicorn(create_app(world))
 
     async def serve() -> None:
