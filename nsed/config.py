@@ -46,6 +46,9 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1, max_length=64, description="label used in traces")
+    kind: Literal["openai", "simulated"] = Field(
+        default="openai", description="'simulated': an agent of known competence (nsed simulate)"
+    )
     base_url: str = Field(description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8001/v1")
     model: str = Field(min_length=1, description="model id sent to the backend")
     api_key_env: str | None = None
@@ -62,6 +65,17 @@ class ModelSpec(BaseModel):
     timeout_s: float = Field(default=120.0, gt=0)
     max_concurrency: int = Field(default=4, ge=1, description="in-flight calls to this endpoint")
     max_retries: int = Field(default=3, ge=0, le=10)
+    simulation: dict[str, float | int | str] = Field(
+        default_factory=dict, description="simulated agents only: p_g, p_v, persona, ..."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _simulated_defaults(cls, data: Any) -> Any:
+        # A simulated agent needs no endpoint: it answers in-process at sim://NAME.
+        if isinstance(data, dict) and data.get("kind") == "simulated":
+            data = {"base_url": f"sim://{data.get('name', 'agent')}", "model": "simulated", **data}
+        return data
 
     @field_validator("base_url")
     @classmethod

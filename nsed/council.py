@@ -111,7 +111,7 @@ def make_config(
 
 def make_backend(seat: AgentSpec, pool: EndpointPool) -> ChatBackend:
     """The backend for one seat: HTTP for http(s) URLs, in-process simulation for sim://."""
-    if seat.spec.base_url.startswith("sim://"):
+    if seat.spec.kind == "simulated" or seat.spec.base_url.startswith("sim://"):
         from nsed.agents.simulated import simulated_backend
 
         return simulated_backend(seat, pool)

@@ -323,3 +323,24 @@ def test_correlated_samples_repeat_the_agents_fixed_answer() -> None:
         for t in free.respond(proposal_messages(problem.prompt), n=6).texts
     }
     assert len(spread) > 10
+
+
+def test_kind_simulated_in_a_team_toml(tmp_path):
+    """The issue's form: `kind = "simulated"` with a `simulation` table, no endpoint needed."""
+    from nsed import TeamSpec, deliberate
+    from nsed.benchmarks.loaders import generate_quick
+
+    team_file = tmp_path / "team.toml"
+    team_file.write_text(
+        '[[models]]\nname = "good"\nkind = "simulated"\nsimulation = { p_g = 1.0, p_v = 1.0 }\n'
+        '[[models]]\nname = "weak"\nkind = "simulated"\nreplicas = 2\n'
+        'simulation = { p_g = 0.0, p_v = 1.0 }\n'
+    )
+    team = TeamSpec.from_toml(team_file)
+    assert [a.spec.base_url for a in team.agents()] == ["sim://good", "sim://weak", "sim://weak"]
+    problem = generate_quick(3, seed=0)[0]
+    result = deliberate(problem.prompt, team=team, kind="math", embeddings="off",
+                        max_rounds=1, min_rounds=1)
+    assert {p.agent: p.final == problem.answer for p in result.rounds[0].proposals} == {
+        "good": True, "weak-1": False, "weak-2": False}
+    assert result.final == problem.answer  # perfect verifiers vote the right answer up

@@ -50,7 +50,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import anyio
 import anyio.lowlevel
@@ -550,8 +550,16 @@ class SimulatedBackend:
 def simulated_backend(
     seat: AgentSpec, pool: EndpointPool, *, world: SimulatedWorld | None = None
 ) -> SimulatedBackend:
-    """The backend for a ``sim://`` seat; the agent's identity is the seat's name."""
-    target = parse_sim_url(seat.spec.base_url)
+    """The backend for a simulated seat; the agent's identity is the seat's name.
+
+    Parameters come from the ``sim://`` URL's query and from the spec's ``simulation`` table
+    (``kind = "simulated"`` in a team TOML); a key given in both places is an error.
+    """
+    url = seat.spec.base_url
+    if seat.spec.simulation:
+        query = urlencode({k: str(v) for k, v in seat.spec.simulation.items()})
+        url = f"{url}{'&' if '?' in url else '?'}{query}"
+    target = parse_sim_url(url)
     world = world or default_world()
     world.ensure_quick(target.quick_n, target.quick_seed)
     return SimulatedBackend(
