@@ -26,7 +26,7 @@ install-dev: $(BIN)/python
 	$(BIN)/pip install -q --no-deps $(NODEPS)
 
 demo: install
-	$(BIN)/nsed ask "What is 17 * 23?" --kind math
+	$(BIN)/nsed ask "What is 17 * 23?" --kind math --rounds 2
 
 lint: install-dev
 	$(BIN)/ruff check nsed tests benchmarks examples

@@ -75,9 +75,10 @@ def proposal_prompt(*, round_index: int, question: str, state_view: str | None) 
         )
     else:
         parts.append("Solve the task step by step.")
+    # Fields are described in words, not with a template: small models copy placeholders.
     parts.append(
-        'Reply as JSON: {"reasoning": "<your step-by-step work>", '
-        '"answer": "<your complete final answer>"}'
+        'Reply as a JSON object with two string fields: "reasoning" holds your step-by-step '
+        'work, and "answer" holds your complete final answer.'
     )
     return "\n\n".join(parts)
 
@@ -110,8 +111,8 @@ def review_prompt(
     parts.append(
         "Review every candidate exactly once: "
         + ", ".join(labels)
-        + '. Reply as JSON: {"reviews": [{"candidate": "<label>", "score": <integer>, '
-        '"critique": "<why>"}]}'
+        + '. Reply as a JSON object {"reviews": [...]} with one entry per candidate, each with '
+        'the fields "candidate" (its label), "score" (an integer) and "critique" (why).'
     )
     return "\n\n".join(parts)
 

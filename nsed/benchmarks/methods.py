@@ -369,8 +369,8 @@ def aggregator_prompt(question: str, attempts: Sequence[str], *, limit: int = 40
             f"Task:\n{question}",
             "Independent attempts:\n" + "\n\n".join(blocks) + "\n--- End of attempts ---",
             "Write the best final solution to the task.",
-            'Reply as JSON: {"reasoning": "<your check of the attempts and your own work>", '
-            '"answer": "<your complete final answer>"}',
+            'Reply as a JSON object with two string fields: "reasoning" holds your check of the '
+            'attempts and your own work, and "answer" holds your complete final answer.',
         ]
     )
 
