@@ -20,7 +20,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from nsed.council import Council
-from nsed.errors import NsedError
+from nsed.errors import ConfigError, NsedError
 from nsed.orchestrator.events import (
     AgentBenched,
     AgentFailed,
@@ -45,31 +45,55 @@ app = typer.Typer(
 err_console = Console(stderr=True)
 
 
+# (module, typer app attribute, group name or None to merge its commands, command names, extra)
+_SUBCOMMANDS = (
+    ("nsed.benchmarks.cli", "bench_app", "bench", ("bench",), "bench"),
+    ("nsed.benchmarks.cli", "runs_app", "runs", ("runs",), "bench"),
+    ("nsed.broker.cli", "models_app", "models", ("models",), None),
+    ("nsed.broker.cli", "broker_app", "broker", ("broker",), None),
+    ("nsed.agents.simulated_cli", "simulate_app", None, ("simulate",), "serve"),
+    ("nsed.server_cli", "serve_app", None, ("serve",), "serve"),
+)
+
+
+def _missing_extra_command(name: str, extra: str, missing: str) -> None:
+    """Register ``name`` as a command that says which extra to install."""
+
+    def command() -> None:
+        raise ConfigError(
+            f"'nsed {name}' needs the optional package {missing!r}: "
+            f'pip install "nsed[{extra}]"'
+        )
+
+    app.command(
+        name=name,
+        help=f"(not installed: needs the optional extra {extra!r})",
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    )(command)
+
+
 def _register_subcommands() -> None:
-    """Attach the command groups that live beside the code they drive (when present)."""
+    """Attach the command groups that live beside the code they drive.
+
+    A group whose optional dependencies are not installed still appears, as a command that
+    tells the user which extra to install.
+    """
     import importlib
 
-    for module_name, attr, name in (
-        ("nsed.benchmarks.cli", "bench_app", "bench"),
-        ("nsed.benchmarks.cli", "runs_app", "runs"),
-        ("nsed.broker.cli", "models_app", "models"),
-        ("nsed.broker.cli", "broker_app", "broker"),
-        ("nsed.agents.simulated_cli", "simulate_app", None),
-        ("nsed.server_cli", "serve_app", None),
-    ):
+    for module_name, attr, group, names, extra in _SUBCOMMANDS:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name != module_name:
+            if exc.name is None or exc.name.startswith("nsed"):
                 raise
+            for name in names:
+                _missing_extra_command(name, extra or "dev", exc.name)
             continue
-        sub = getattr(module, attr, None)
-        if sub is None:
-            continue
-        if name is None:
+        sub = getattr(module, attr)
+        if group is None:
             app.registered_commands.extend(sub.registered_commands)
         else:
-            app.add_typer(sub, name=name)
+            app.add_typer(sub, name=group)
 
 
 def _round_table(record: RoundRecord) -> Table:
