@@ -8,9 +8,12 @@ exit status, never a traceback.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, get_type_hints
 
 import anyio
 import typer
@@ -19,6 +22,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
+from nsed import logs
 from nsed.council import Council
 from nsed.errors import ConfigError, NsedError
 from nsed.orchestrator.events import (
@@ -39,7 +43,7 @@ app = typer.Typer(
     name="nsed",
     help="N-Way Self-Evaluating Deliberation: several LLMs deliberate into one answer.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 err_console = Console(stderr=True)
@@ -229,9 +233,106 @@ def ask(
         _show_result(console, result)
 
 
+VerboseOption = Annotated[
+    int,
+    typer.Option(
+        "-v", "--verbose", count=True, help="show more of nsed's log on stderr (-v info, -vv debug)"
+    ),
+]
+LogLevelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--log-level",
+        help=f"level of nsed's log on stderr: {', '.join(logs.LEVELS)} (default warning)",
+    ),
+]
+
+
+def _apply_logging_options(verbose: int, log_level: str | None) -> None:
+    """``--log-level`` names the level; each ``-v`` lowers it one step (WARNING → INFO → DEBUG).
+
+    They may be given before the command name, after it, or both: a later ``-v`` never raises
+    a level an earlier option lowered.
+    """
+    if log_level is not None:
+        logs.configure_logging(logs.level_for(log_level=log_level), explicit=True)
+    elif verbose:
+        level = min(logs.level_for(verbose=verbose), logs.current_level())
+        logs.configure_logging(level, explicit=True)
+
+
+def with_logging_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func`` as a command that also takes ``-v/--verbose`` and ``--log-level``.
+
+    Applied to every command by ``add_logging_options``, so no command needs to declare them
+    and none can forget them.
+    """
+    signature = inspect.signature(func, eval_str=True)
+    if "verbose" in signature.parameters:
+        return func
+    extra = [
+        inspect.Parameter(
+            "verbose", inspect.Parameter.KEYWORD_ONLY, default=0, annotation=VerboseOption
+        ),
+        inspect.Parameter(
+            "log_level", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=LogLevelOption
+        ),
+    ]
+
+    @functools.wraps(func)
+    def command(*args: Any, verbose: int = 0, log_level: str | None = None, **kwargs: Any) -> Any:
+        _apply_logging_options(verbose, log_level)
+        return func(*args, **kwargs)
+
+    command.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*signature.parameters.values(), *extra]
+    )
+    command.__annotations__ = {
+        **get_type_hints(func, include_extras=True),
+        "verbose": VerboseOption,
+        "log_level": LogLevelOption,
+    }
+    return command
+
+
+def add_logging_options(typer_app: typer.Typer) -> None:
+    """Give the app's callback and every command below it the logging options."""
+    if typer_app.registered_callback is not None and typer_app.registered_callback.callback:
+        info = typer_app.registered_callback
+        info.callback = with_logging_options(info.callback)  # type: ignore[arg-type]
+    for command_info in typer_app.registered_commands:
+        if command_info.callback is not None:
+            command_info.callback = with_logging_options(command_info.callback)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            add_logging_options(group.typer_instance)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from nsed import __version__
+
+        typer.echo(f"nsed {__version__}")
+        raise typer.Exit()
+
+
+_built = False
+
+
+def build_app() -> typer.Typer:
+    """The whole ``nsed`` app: every group registered, logging options on every command."""
+    global _built
+    if not _built:
+        _register_subcommands()
+        add_logging_options(app)
+        _built = True
+    return app
+
+
 def main() -> None:
     """Console entry point: run the app, turning nsed errors into one line on stderr."""
-    _register_subcommands()
+    logs.configure_logging()  # warnings reach stderr unless a command lowers the level
+    build_app()
     try:
         app()  # standalone mode: usage errors are reported by typer itself (exit 2)
     except NsedError as exc:
@@ -244,7 +345,14 @@ def main() -> None:
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
     """N-Way Self-Evaluating Deliberation: several LLMs deliberate into one answer."""
 
 

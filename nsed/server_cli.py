@@ -16,12 +16,14 @@ are never printed.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from nsed import logs
 from nsed.broker.catalog import Catalog
 from nsed.config import DeliberationConfig, TeamSpec, validate_or_config_error
 from nsed.council import resolve_team
@@ -112,9 +114,13 @@ def serve(
     store: Annotated[
         bool, typer.Option(help="also save traces to the nsed database (NSED_DATABASE_URL)")
     ] = False,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
-    """Serve councils as OpenAI-compatible models at http://HOST:PORT/v1."""
+    """Serve councils as OpenAI-compatible models at http://HOST:PORT/v1.
+
+    nsed's log and uvicorn's share one stream on stderr, at INFO unless -v/--log-level say
+    otherwise.
+    """
+    logs.default_level(logging.INFO)
     store_url = None
     if store:
         from nsed.store import default_database_url
@@ -140,7 +146,7 @@ def serve(
         f"nsed: serving {', '.join(settings.model_ids())} at http://{host}:{port}/v1 "
         f"(auth {auth}, {settings.max_concurrent} concurrent, queue {settings.max_queue})"
     )
-    run_server(settings, log_level=log_level)
+    run_server(settings)
 
 
 __all__ = ["build_settings", "parse_council_option", "serve_app"]

@@ -1,12 +1,54 @@
-"""Shared pytest fixtures: real scripted OpenAI-compatible servers on 127.0.0.1."""
+"""Shared pytest fixtures (real scripted OpenAI-compatible servers on 127.0.0.1) and the
+hypothesis profile."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import settings
 
 from tests.scripted_server import ScriptedServer
+
+# Property tests are reproducible: the "ci" profile (the default) derives every example from
+# the test itself, so a run can't turn red one day and green the next; examples a property
+# once failed on are kept as explicit tests. HYPOTHESIS_PROFILE=explore searches at random.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def _local_server() -> str | None:
+    from nsed.agents.local import local_available
+
+    ok, why = local_available()
+    return None if ok else why
+
+
+def _onnx_embedder() -> str | None:
+    from nsed.orchestrator.similarity import onnx_unavailable_reason
+
+    return onnx_unavailable_reason()
+
+
+# marker -> (why it is missing, or None; the command that installs it). A test that needs a
+# component that is not installed fails and says how to install it: it never skips silently.
+REQUIRED_COMPONENTS: dict[str, tuple[Callable[[], str | None], str]] = {
+    "integration": (_local_server, "make install-local"),
+    "embed": (_onnx_embedder, "make install-dev"),
+}
+
+
+@pytest.fixture(autouse=True)
+def _required_components(request: pytest.FixtureRequest) -> None:
+    for marker, (missing, install) in REQUIRED_COMPONENTS.items():
+        if request.node.get_closest_marker(marker) is None:
+            continue
+        why = missing()
+        if why is not None:
+            pytest.fail(f"this test needs {marker} components: {why}. Install: {install}",
+                        pytrace=False)
 
 
 @pytest.fixture

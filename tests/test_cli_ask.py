@@ -102,3 +102,70 @@ def test_ask_invalid_toml_is_one_error_line(tmp_path):
     done = nsed("ask", "hi", "--team", str(bad))
     assert done.returncode == 1
     assert done.stderr.startswith("error: invalid TOML")
+
+
+# --- Conventions a Python user expects ----------------------------------------------------------
+
+
+def test_python_dash_m_nsed_and_version_match_the_installed_package():
+    from importlib.metadata import version
+
+    done = subprocess.run(
+        [sys.executable, "-m", "nsed", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"nsed {version('nsed')}"
+
+
+def test_shell_completion_script_is_offered():
+    script = Path(sys.executable).with_name("nsed")
+    done = subprocess.run(
+        [str(script), "--show-completion", "bash"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "_NSED_COMPLETE" in done.stdout and "complete" in done.stdout
+
+
+def test_package_is_marked_typed():
+    from importlib.resources import files
+
+    assert files("nsed").joinpath("py.typed").is_file()
+
+
+def test_every_command_takes_verbose_and_log_level():
+    import typer
+
+    from nsed.cli import build_app
+
+    def walk(command, path):
+        names = {p.name for p in command.params}
+        if getattr(command, "callback", None) is not None:
+            assert {"verbose", "log_level"} <= names, f"nsed {' '.join(path)} lacks them"
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, [*path, name])
+        yield path
+
+    paths = list(walk(typer.main.get_command(build_app()), []))
+    assert ["ask"] in paths and ["serve"] in paths and len(paths) > 8
+
+
+def test_warnings_reach_stderr_by_default_and_log_level_silences_them(team_file, scripted_server):
+    scripted_server.set_models(["some-other-model"])  # preflight warns: our ids are not listed
+    args = ["ask", "What is 17 * 23?", "--team", str(team_file), "--rounds", "1", "--json"]
+    done = nsed(*args)
+    assert done.returncode == 0, done.stderr
+    assert "is not listed by" in done.stderr
+    json.loads(done.stdout)  # stdout stays pure JSON
+    quiet = nsed(*args, "--log-level", "error")
+    assert quiet.returncode == 0 and "is not listed by" not in quiet.stderr
+    # -v before the command name lowers the level to INFO: the round-by-round log appears.
+    chatty = nsed("-v", *args)
+    assert chatty.returncode == 0 and "INFO" in chatty.stderr
+
+
+def test_unknown_log_level_is_one_error_line(team_file):
+    done = nsed("ask", "hi", "--team", str(team_file), "--log-level", "loud")
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "error: unknown log level 'loud': use one of debug, info, warning, error, critical"
+    )

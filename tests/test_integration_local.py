@@ -39,7 +39,6 @@ from nsed.agents.local import (
     LocalServer,
     LocalServerConfig,
     get_shared_server,
-    local_available,
     shutdown_shared_server,
 )
 from nsed.errors import BackendError, ConfigError
@@ -49,10 +48,6 @@ from tests.scripted_server import ScriptedServer
 
 QUESTION = "What is 17 * 23?"
 TEAM_ENV = ("NSED_TEAM", "OPENAI_BASE_URL", "OPENAI_API_KEY", "NSED_MODEL")
-AVAILABLE, WHY_NOT = local_available()
-needs_local = pytest.mark.skipif(
-    not AVAILABLE, reason=f"local llama.cpp server not installed: {WHY_NOT}"
-)
 
 
 # --- Precedence of the team sources (no model needed) -------------------------------------------
@@ -211,7 +206,6 @@ def two_calls(local_server: LocalServer) -> TwoCalls:
 
 
 @pytest.mark.integration
-@needs_local
 def test_default_team_deliberates_three_agents_two_rounds(
     two_calls: TwoCalls, local_server: LocalServer
 ) -> None:
@@ -245,7 +239,6 @@ def test_default_team_deliberates_three_agents_two_rounds(
 
 
 @pytest.mark.integration
-@needs_local
 def test_streamed_events_arrive_in_protocol_order(two_calls: TwoCalls) -> None:
     events = two_calls.events
     assert isinstance(events[-1], Finished)
@@ -279,7 +272,6 @@ def test_streamed_events_arrive_in_protocol_order(two_calls: TwoCalls) -> None:
 
 
 @pytest.mark.integration
-@needs_local
 def test_server_is_reused_across_deliberate_calls(
     two_calls: TwoCalls, local_server: LocalServer
 ) -> None:
@@ -291,7 +283,6 @@ def test_server_is_reused_across_deliberate_calls(
 
 
 @pytest.mark.integration
-@needs_local
 def test_killing_the_server_mid_deliberation_fails_fast(local_server: LocalServer) -> None:
     """SIGKILL the server once the first proposal is in: a typed error in seconds, no hang.
 

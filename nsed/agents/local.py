@@ -51,6 +51,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from nsed.agents.local_build import REBUILD_HINT
 from nsed.config import DEFAULT_PERSONAS, ModelSpec, TeamSpec
 from nsed.errors import BackendError, ConfigError
 
@@ -284,6 +285,30 @@ def _check_port_free(host: str, port: int) -> None:
             raise ConfigError(f"cannot bind {host}:{port}: {exc.strerror}") from None
 
 
+# Signals a binary built for another CPU dies of: an unknown opcode is SIGILL, but an AMX or
+# AVX-512 state fault in a VM can surface as SIGSEGV, and misaligned vector loads as SIGBUS.
+_CRASH_SIGNALS = {
+    signal.SIGILL: "illegal instruction",
+    signal.SIGSEGV: "segmentation fault",
+    signal.SIGBUS: "bus error",
+}
+
+
+def _crash_signal(code: int | None) -> str | None:
+    """``"SIGILL (illegal instruction)"`` when exit status ``code`` is such a crash, else None.
+
+    A process killed by a signal has a negative return code; one run through a shell that did
+    not ``exec`` it exits with 128 + the signal number.
+    """
+    if code is None:
+        return None
+    number = -code if code < 0 else code - 128 if code > 128 else 0
+    for sig, meaning in _CRASH_SIGNALS.items():
+        if number == sig:
+            return f"{sig.name} ({meaning})"
+    return None
+
+
 def _tail(path: Path | None, since: int = 0, lines: int = LOG_TAIL_LINES) -> str:
     """The last lines of the log written after byte offset ``since`` (a user's log is appended)."""
     if path is None:
@@ -456,6 +481,16 @@ class LocalServer:
         code = proc.poll()
         if code is None and not self._terminating:
             return
+        crash = _crash_signal(code)
+        if crash is not None:
+            when = "while starting" if starting else "while serving"
+            raise BackendError(
+                f"the local llama-server (pid {proc.pid}) was killed by {crash} {when}: its "
+                "binary was most likely built for another CPU (-march=native on a machine "
+                f"with AVX-512 or AMX). Rebuild it portably: {REBUILD_HINT}. "
+                f"Server log: {self._log_path}",
+                endpoint=self.base_url,
+            )
         what = "failed to start" if starting else "died"
         how = f"exited with code {code}" if code is not None else "is being stopped"
         raise BackendError(

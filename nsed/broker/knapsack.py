@@ -537,7 +537,11 @@ def select_team(
             constraints=problems,
         )
 
-    team = sorted(solved.team, key=lambda cr: (cr[1], -cr[0].value, cr[0].name))
+    # The solver's role assignment among equally valid ones depends on the catalog's order;
+    # re-derive it canonically so the team's roles and every explanation do not.
+    assigned = _assign_roles([c for c, _ in solved.team], roles)
+    assert assigned is not None  # the solver's own assignment proves one exists
+    team = sorted(assigned, key=lambda cr: (cr[1], -cr[0].value, cr[0].name))
     chosen_names = {c.name for c, _ in team}
     for cand in pool:
         if cand.name not in chosen_names:
@@ -720,6 +724,42 @@ def _hints(problems: Sequence[str]) -> str:
     return f" (to fix: {'; '.join(hints)})" if hints else ""
 
 
+def _assign_roles(
+    members: Sequence[_Cand], roles: Sequence[_Role]
+) -> list[tuple[_Cand, int]] | None:
+    """A role for each member that fills every role within its bounds, or None if none does.
+
+    Canonical: members are placed strongest first (value, then name), each in the lowest-index
+    role that still leads to a full assignment, so the result depends only on the set of
+    members, never on the order they came in. Teams are small (≤ a dozen seats), so a
+    depth-first search is instant.
+    """
+    order = sorted(members, key=lambda c: (-c.value, c.name))
+    counts = [0] * len(roles)
+    placed: list[int] = []
+    still_needed = sum(role.lo for role in roles)
+
+    def place(k: int, needed: int) -> bool:
+        if needed > len(order) - k:
+            return False  # too few members left to reach every role's minimum
+        if k == len(order):
+            return True
+        for r in order[k].roles:
+            if counts[r] >= roles[r].hi:
+                continue
+            counts[r] += 1
+            placed.append(r)
+            if place(k + 1, needed - (1 if counts[r] <= roles[r].lo else 0)):
+                return True
+            counts[r] -= 1
+            placed.pop()
+        return False
+
+    if not place(0, still_needed):
+        return None
+    return list(zip(order, placed, strict=True))
+
+
 def _why_not(
     cand: _Cand, team: Sequence[tuple[_Cand, int]], roles: Sequence[_Role], policy: BrokerPolicy
 ) -> str:
@@ -738,11 +778,15 @@ def _why_not(
         return f"vram: needs {_gb(cand.vram)} alone, budget {_gb(vram or 0)}"
 
     members = [c for c, _ in team]
+    # A swap is possible when the new team can fill every role under some assignment: which
+    # role the solver happened to give each member must not change the explanation.
     swaps: list[tuple[_Cand, list[_Cand]]] = []
-    for k, (member, r) in sorted(enumerate(team), key=lambda kr: (kr[1][0].value, kr[1][0].name)):
-        if r in cand.roles:
-            swaps.append((member, [*members[:k], *members[k + 1 :], cand]))
-    added = [*members, cand] if len(roles) == 1 and len(team) < roles[0].hi else None
+    for old in sorted(members, key=lambda c: (c.value, c.name)):
+        new_team = [*(c for c in members if c is not old), cand]
+        if _assign_roles(new_team, roles) is not None:
+            swaps.append((old, new_team))
+    grown = [*members, cand]
+    added = grown if _assign_roles(grown, roles) is not None else None
 
     improving = [new for old, new in swaps if cand.value > old.value + TIE_TOLERANCE]
     if added is not None and cand.value > TIE_TOLERANCE:

@@ -383,6 +383,15 @@ class DeliberationRun:
             )
             record.wall_s = time.perf_counter() - round_started
             self.rounds.append(record)
+            log.info(
+                "round %d: winner %s (final %r), conviction %.2f, %d proposals, %.1f s",
+                index,
+                record.winner,
+                record.winner_final,
+                record.conviction,
+                len(record.proposals),
+                record.wall_s,
+            )
             await self.emit(RoundScored(round=index, record=record))
             unanimous_streak = unanimous_streak + 1 if record.unanimous else 0
             decision = should_stop(
@@ -407,6 +416,8 @@ class DeliberationRun:
             if decision.stop:
                 stopped_because = decision.reason or "max_rounds"
                 break
+        log.info("deliberation %s stopped after %d round(s): %s", self.id, len(self.rounds),
+                 stopped_because)
         return self._result(stopped_because, time.perf_counter() - started)
 
     def _result(self, stopped_because: str, wall_s: float) -> Deliberation:

@@ -117,14 +117,18 @@ class BackgroundServer:
         self.stop()
 
 
-def run_server(settings: ServerSettings, *, log_level: str = "info") -> None:
-    """Serve ``settings`` with uvicorn until interrupted (what ``nsed serve`` calls)."""
+def run_server(settings: ServerSettings) -> None:
+    """Serve ``settings`` with uvicorn until interrupted (what ``nsed serve`` calls).
+
+    uvicorn configures no logging of its own (``log_config=None``): its records go through
+    the handler the caller set up for nsed's logger (``nsed.logs``), at the same level.
+    """
     import uvicorn
 
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        log_level=log_level,
+        log_config=None,
         timeout_graceful_shutdown=5,
     )
