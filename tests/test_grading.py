@@ -190,8 +190,9 @@ def test_general_math_answers_use_math_verify() -> None:
 
 def test_math_verify_works_off_the_main_thread() -> None:
     """math-verify's default signal timeouts raise in threads; ours are disabled."""
-    import math_verify  # noqa: F401  (extra bench; make install-dev installs it)
     from concurrent.futures import ThreadPoolExecutor
+
+    import math_verify  # noqa: F401  (extra bench; make install-dev installs it)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(lambda p: grade_math(p, "\\frac{1}{2}"), ["0.5", "0.25"]))
