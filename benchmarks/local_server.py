@@ -5,7 +5,8 @@ stream, aggregate tokens/s of 3 concurrent requests (100 output tokens each, a ~
 temperature 0.7), and the server's resident memory. ``ignore_eos`` (a llama.cpp extension) makes
 every request generate exactly ``--tokens`` tokens, so runs are comparable.
 
-    python benchmarks/local_server.py [--runs 3] [--concurrency 1,3] [--tokens 100] [--json]
+    python benchmarks/local_server.py [--runs 3] [--concurrency 1,3] [--tokens 100]
+                                      [--threads N] [--binary PATH] [--json]
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,3", help="comma-separated burst sizes")
     parser.add_argument("--tokens", type=int, default=100, help="output tokens per request")
     parser.add_argument("--threads", type=int, default=None, help="server -t (default: auto)")
+    parser.add_argument(
+        "--binary", type=Path, default=None, help="another llama-server (e.g. a native build)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     ok, why = local_available()
@@ -97,9 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"local server not available: {why}", file=sys.stderr)
         return 2
     levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
-    config = (
-        LocalServerConfig() if args.threads is None else LocalServerConfig(threads=args.threads)
-    )
+    overrides: dict[str, Any] = {"binary_path": args.binary}
+    if args.threads is not None:
+        overrides["threads"] = args.threads
+    config = LocalServerConfig(**overrides)
 
     starts: list[float] = []
     for _ in range(args.runs):

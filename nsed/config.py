@@ -60,6 +60,12 @@ class ModelSpec(BaseModel):
     top_p: float | None = Field(default=None, gt=0, le=1)
     max_tokens: int | None = Field(default=None, ge=1)
     seed: int | None = None
+    frequency_penalty: float | None = Field(
+        default=None, ge=-2, le=2, description="OpenAI sampling: penalise repeated tokens"
+    )
+    presence_penalty: float | None = Field(
+        default=None, ge=-2, le=2, description="OpenAI sampling: penalise tokens already used"
+    )
     structured: StructuredMode = "json_schema"
     replicas: int = Field(default=1, ge=1, le=16)
     timeout_s: float = Field(default=120.0, gt=0)

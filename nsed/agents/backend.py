@@ -266,8 +266,10 @@ class HTTPBackend:
         temperature = temperature if temperature is not None else self.spec.temperature
         if temperature is not None:
             body["temperature"] = temperature
-        if self.spec.top_p is not None:
-            body["top_p"] = self.spec.top_p
+        for option in ("top_p", "frequency_penalty", "presence_penalty"):
+            value = getattr(self.spec, option)
+            if value is not None:
+                body[option] = value
         max_tokens = max_tokens or self.spec.max_tokens
         if max_tokens is not None:
             body["max_tokens"] = max_tokens

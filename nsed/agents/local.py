@@ -134,12 +134,28 @@ def local_available() -> tuple[bool, str]:
 # --- Configuration -----------------------------------------------------------------------------
 
 
+THREADS_ENV = "NSED_LOCAL_THREADS"
+
+
 def _default_threads() -> int:
+    """One core is left to the orchestrator, up to 8 threads for the server.
+
+    Measured on 2 cores (``benchmarks/local_default.md``): with ``-t 2`` llama.cpp's threads
+    wait on each other at every barrier as soon as anything else runs, and 100 tokens fell
+    from ~150 to ~10 tok/s; ``-t 1`` held ~90 tok/s idle or loaded. A deliberation always has
+    something else running (the orchestrator, the embedder), so a 2-core machine gets 1 thread.
+    ``NSED_LOCAL_THREADS`` overrides the choice.
+    """
+    override = os.environ.get(THREADS_ENV, "").strip()
+    if override:
+        if not override.isdigit() or int(override) < 1:
+            raise ConfigError(f"{THREADS_ENV}={override!r}: give a whole number of threads, >= 1")
+        return int(override)
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    return max(1, min(2, cores))
+    return max(1, min(8, cores - 1))
 
 
 class LocalServerConfig(BaseModel):
