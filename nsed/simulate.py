@@ -50,8 +50,6 @@ from nsed.agents.backend import EndpointPool
 from nsed.agents.parsing import parse_proposal
 from nsed.agents.simulated import Persona, SimProfile, sim_query
 from nsed.benchmarks.grading import grade_math
-from nsed.benchmarks.loaders import generate_quick
-from nsed.benchmarks.problems import Problem
 from nsed.config import DeliberationConfig, QVMode, TeamSpec, format_validation_error
 from nsed.council import Council, make_backend
 from nsed.errors import ConfigError, NsedError
@@ -62,6 +60,7 @@ from nsed.orchestrator.stopping import (
     positive_budget,
     should_stop,
 )
+from nsed.problems import Problem, generate_quick
 from nsed.results import Deliberation
 
 METHODS: tuple[str, ...] = (

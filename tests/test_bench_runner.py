@@ -23,7 +23,6 @@ import pytest
 from sqlmodel import select
 
 from nsed.agents.backend import EndpointPool
-from nsed.benchmarks.loaders import generate_quick
 from nsed.benchmarks.methods import (
     SEED_STRIDE,
     BenchTeam,
@@ -36,6 +35,7 @@ from nsed.benchmarks.methods import (
 from nsed.benchmarks.runner import BenchOptions, run_benchmark
 from nsed.config import DeliberationConfig, TeamSpec
 from nsed.errors import ConfigError
+from nsed.problems import generate_quick
 from nsed.store import BenchResult, BenchRun, Store
 from tests.council_scripts import is_review, proposal_json, team_dict
 from tests.scripted_server import ChatRequest, Reply

@@ -24,10 +24,10 @@ from nsed.agents.simulated import (
 )
 from nsed.agents.simulated_server import SimulatedServer
 from nsed.benchmarks.grading import grade_math
-from nsed.benchmarks.loaders import generate_quick
 from nsed.config import ModelSpec, TeamSpec
 from nsed.council import Council
 from nsed.errors import BackendError, ConfigError, DataError
+from nsed.problems import generate_quick
 from nsed.results import Deliberation
 from nsed.simulate import METHODS, SimOptions, SimSetting, expand_grid, run_simulation
 
@@ -328,7 +328,7 @@ def test_correlated_samples_repeat_the_agents_fixed_answer() -> None:
 def test_kind_simulated_in_a_team_toml(tmp_path):
     """The issue's form: `kind = "simulated"` with a `simulation` table, no endpoint needed."""
     from nsed import TeamSpec, deliberate
-    from nsed.benchmarks.loaders import generate_quick
+    from nsed.problems import generate_quick
 
     team_file = tmp_path / "team.toml"
     team_file.write_text(

@@ -59,10 +59,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from nsed.agents.backend import Completion, EndpointPool, estimate_tokens
 from nsed.agents.parsing import extract_final, normalize_final
 from nsed.agents.prompts import CANDIDATES_END
-from nsed.benchmarks.loaders import QUICK_DEFAULT_SIZE, generate_quick, plausible_wrong_answers
-from nsed.benchmarks.problems import Problem
 from nsed.config import AgentSpec, ModelSpec, format_validation_error
 from nsed.errors import BackendError, ConfigError, DataError
+from nsed.problems import QUICK_DEFAULT_SIZE, Problem, generate_quick, plausible_wrong_answers
 
 Persona = Literal["honest", "self_promoter", "always_wrong", "random"]
 Adopt = Literal["leader", "best"]

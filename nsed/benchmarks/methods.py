@@ -34,12 +34,12 @@ from nsed.agents import prompts
 from nsed.agents.agent import Agent
 from nsed.agents.backend import ChatBackend, EndpointPool
 from nsed.agents.parsing import normalize_final, parse_proposal
-from nsed.benchmarks.problems import Problem
 from nsed.config import AgentSpec, DeliberationConfig, TeamSpec
 from nsed.council import _preflight, make_backend, validate_question
 from nsed.errors import ConfigError, NsedError
 from nsed.orchestrator.loop import run_deliberation
 from nsed.orchestrator.similarity import Embedder, get_embedder
+from nsed.problems import Problem
 from nsed.results import Deliberation
 
 METHOD_NAMES: tuple[str, ...] = ("nsed", "single", "vote", "moa")
