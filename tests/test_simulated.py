@@ -22,14 +22,20 @@ from nsed.agents.simulated import (
     sim_query,
     simulated_backend,
 )
-from nsed.agents.simulated_server import SimulatedServer
 from nsed.benchmarks.grading import grade_math
 from nsed.config import ModelSpec, TeamSpec
 from nsed.council import Council
 from nsed.errors import BackendError, ConfigError, DataError
 from nsed.problems import generate_quick
 from nsed.results import Deliberation
-from nsed.simulate import METHODS, SimOptions, SimSetting, expand_grid, run_simulation
+from nsed.simulation.experiment import (
+    METHODS,
+    SimOptions,
+    SimSetting,
+    expand_grid,
+    run_simulation,
+)
+from nsed.simulation.server import SimulatedServer
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK_N = 60

@@ -28,7 +28,7 @@ contract of :mod:`nsed.agents.prompts`, and answers in the requested JSON:
 
 Every random draw comes from an RNG seeded by a string of (profile seed, agent id, task, round,
 phase, …), so results do not depend on call order or concurrency, and the same agent gives the
-same reply in-process and over HTTP (:mod:`nsed.agents.simulated_server`).
+same reply in-process and over HTTP (:mod:`nsed.simulation.server`).
 
 Selecting it in a team TOML: ``base_url = "sim://NAME?p_g=0.5&p_v=0.8&revise=0.3"``; every
 :class:`SimProfile` field is a query parameter, plus ``quick_n``/``quick_seed`` (the quick set

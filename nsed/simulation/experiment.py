@@ -3,7 +3,7 @@
 For each setting of a grid (team size, p_g, p_v, revise, sycophancy, fatigue, correlation,
 adversary, rounds, qv_mode, γ) every problem of a quick set is deliberated by a team of
 simulated agents (:mod:`nsed.agents.simulated`) through the real
-:class:`~nsed.council.Council`, in-process or over HTTP (:mod:`nsed.agents.simulated_server`).
+:class:`~nsed.council.Council`, in-process or over HTTP (:mod:`nsed.simulation.server`).
 Deliberations run a fixed R rounds (``min_rounds = max_rounds = R``) so that the winner of
 every round gives the accuracy curve.
 
@@ -626,7 +626,7 @@ def run_simulation(
     """Blocking :func:`arun_simulation`; with ``http`` it serves the agents from a child process."""
     if not options.http:
         return anyio.run(lambda: arun_simulation(settings, options, on_progress=on_progress))
-    from nsed.agents.simulated_server import SimulatedServerProcess
+    from nsed.simulation.server import SimulatedServerProcess
 
     with SimulatedServerProcess(quick_n=options.problems, quick_seed=options.seed) as server:
         return anyio.run(
