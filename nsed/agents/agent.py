@@ -2,7 +2,9 @@
 
 The agent only builds prompts, calls its backend and parses; it knows nothing of other agents'
 identities. Anonymisation, self-vote masking and scoring are the orchestrator's job, so that a
-misbehaving model cannot influence them.
+misbehaving model cannot influence them. An agent can also aggregate other solvers' attempts
+(the Mixture-of-Agents baseline of ``nsed bench``), so that every call a baseline makes goes
+through the same prompts, sampling and parsing as a deliberation's.
 """
 
 from __future__ import annotations
@@ -57,8 +59,11 @@ class Agent:
             schema=prompts.proposal_schema(),
             schema_name=prompts.PROPOSAL_SCHEMA_NAME,
         )
+        return self._proposal(completion), completion
+
+    def _proposal(self, completion: Completion) -> Proposal:
         parsed = parse_proposal(completion.text, self.kind)  # type: ignore[arg-type]
-        proposal = Proposal(
+        return Proposal(
             agent=self.name,
             reasoning=parsed.reasoning,
             answer=parsed.answer,
@@ -68,7 +73,28 @@ class Agent:
             completion_tokens=completion.completion_tokens,
             latency_s=completion.latency_s,
         )
-        return proposal, completion
+
+    async def aggregate(
+        self, question: str, attempts: list[str], *, limit: int
+    ) -> tuple[Proposal, Completion]:
+        """Write one answer from independent ``attempts`` (each clipped to ``limit`` chars).
+
+        The aggregator has its own system message (a synthesiser, not a council member) and
+        samples with the seat's own seed.
+        """
+        messages = [
+            {"role": "system", "content": prompts.aggregator_system_prompt(self.kind)},
+            {"role": "user", "content": prompts.aggregator_prompt(question, attempts, limit=limit)},
+        ]
+        completion = await self.backend.complete(
+            messages,
+            temperature=self.seat.temperature,
+            max_tokens=self._max_tokens,
+            seed=self.seat.seed,
+            schema=prompts.proposal_schema(),
+            schema_name=prompts.PROPOSAL_SCHEMA_NAME,
+        )
+        return self._proposal(completion), completion
 
     async def evaluate(
         self,

@@ -16,7 +16,10 @@ contract of :mod:`nsed.agents.prompts`, and answers in the requested JSON:
   answers a distractor (context pollution that grows with the round). ``correlation`` makes
   fresh proposals (round 1, and every ``n`` sample) repeat, with that probability, the agent's
   one fixed answer to the problem (itself right with probability p_g): real models' samples
-  share their errors, which independent draws would hide from a majority vote.
+  share their errors, which independent draws would hide from a majority vote. A request's
+  ``seed`` makes another independent draw, as with a real model: choice ``j`` of a request
+  with seed ``s`` is its own sample (the vote baseline draws each sample with a fresh seed),
+  and a request without a seed gives the same proposals as before seeds were read.
 * ``[Round R · Reviewing]``: every ``=== Candidate X ===`` block's final is extracted with the
   real parser and graded; with probability ``p_v`` the score lands on the right side (positive
   for a correct candidate, negative for a wrong one), its magnitude drawn from
@@ -332,7 +335,9 @@ class SimulatedAgent:
     def _is_right(self, final: str | None, problem: Problem) -> bool:
         return final is not None and final == _gold(problem.answer)
 
-    def respond(self, messages: list[dict[str, str]], *, n: int = 1) -> SimReply:
+    def respond(
+        self, messages: list[dict[str, str]], *, n: int = 1, seed: int | None = None
+    ) -> SimReply:
         """Answer a chat request built by :mod:`nsed.agents.prompts` (``n`` choices)."""
         user = next(
             (str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user"),
@@ -362,7 +367,8 @@ class SimulatedAgent:
         if p.latency_ms > 0:
             latency = p.latency_ms / 1000.0 * math.exp(p.latency_sigma * meta.gauss(0.0, 1.0))
         if phase == "Proposing":
-            texts = [self._proposal(problem, round_index, user, j) for j in range(max(1, n))]
+            draws = [j if seed is None else f"{seed}:{j}" for j in range(max(1, n))]
+            texts = [self._proposal(problem, round_index, user, draw) for draw in draws]
         else:
             texts = [self._reviews(problem, round_index, user)]
         prompt_chars = sum(len(str(m.get("content") or "")) for m in messages)
@@ -376,8 +382,13 @@ class SimulatedAgent:
 
     # --- proposing ---------------------------------------------------------------------------
 
-    def propose_final(self, problem: Problem, round_index: int, view: str, sample: int = 0) -> str:
-        """The final answer this agent proposes, given the prompt (or state view) it sees."""
+    def propose_final(
+        self, problem: Problem, round_index: int, view: str, sample: int | str = 0
+    ) -> str:
+        """The final answer this agent proposes, given the prompt (or state view) it sees.
+
+        ``sample`` names the draw: the choice index, prefixed by the request's seed if any.
+        """
         p = self.profile
         gold = _gold(problem.answer)
         wrong = self.world.distractors(problem, p.distractors)
@@ -425,7 +436,7 @@ class SimulatedAgent:
         best = max(others, key=lambda f: self.score(problem, last_round, f))
         return best if self.score(problem, last_round, best) > 0 else None
 
-    def _reasoning(self, problem: Problem, round_index: int, sample: int) -> str:
+    def _reasoning(self, problem: Problem, round_index: int, sample: int | str) -> str:
         rng = self._key(problem, round_index, "words", sample)
         words: list[str] = []
         size = 0
@@ -435,7 +446,7 @@ class SimulatedAgent:
             size += len(step) + 1
         return " ".join(words)
 
-    def _proposal(self, problem: Problem, round_index: int, view: str, sample: int) -> str:
+    def _proposal(self, problem: Problem, round_index: int, view: str, sample: int | str) -> str:
         final = self.propose_final(problem, round_index, view, sample)
         return json.dumps(
             {
@@ -517,7 +528,9 @@ class SimulatedBackend:
         stop: list[str] | None = None,
         n: int = 1,
     ) -> Completion:
-        reply = self.agent.respond(messages, n=n)
+        if seed is None and self._spec is not None:
+            seed = self._spec.seed  # what HTTPBackend sends, so both transports agree
+        reply = self.agent.respond(messages, n=n, seed=seed)
         if reply.latency_s > 0:
             await anyio.sleep(reply.latency_s)
         else:

@@ -97,13 +97,16 @@ def create_app(
         n = body.get("n") or 1
         if not isinstance(n, int) or not 1 <= n <= 256:
             return _error(400, "n must be an integer from 1 to 256")
+        seed = body.get("seed")
+        if seed is not None and not isinstance(seed, int):
+            return _error(400, "seed must be an integer")
         messages = [
             {"role": str(m.get("role", "")), "content": _text_of(m.get("content"))}
             for m in body["messages"]
             if isinstance(m, dict)
         ]
         try:
-            reply = agent.respond(messages, n=n)
+            reply = agent.respond(messages, n=n, seed=seed)
         except BackendError as exc:
             return _error(400, str(exc))
         if reply.latency_s > 0:
