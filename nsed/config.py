@@ -182,7 +182,8 @@ class TeamSpec(TomlModel):
 
 
 class DeliberationConfig(BaseModel):
-    """How one deliberation runs. Defaults follow DESIGN.md; every value is overridable."""
+    """How one deliberation runs. The defaults are the README's "Protocol defaults" table;
+    every value is overridable."""
 
     model_config = ConfigDict(extra="forbid")
 
