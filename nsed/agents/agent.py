@@ -38,8 +38,9 @@ class Agent:
             persona=seat.persona, kind=kind, max_rounds=max_rounds, context=context
         )
 
-    def _messages(self, user: str) -> list[dict[str, str]]:
-        return [{"role": "system", "content": self._system}, {"role": "user", "content": user}]
+    def _messages(self, user: str, system: str | None = None) -> list[dict[str, str]]:
+        system = self._system if system is None else system
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
     def _seed(self, round_index: int, phase: int) -> int | None:
         # A different seed per round and phase keeps sampling diverse yet reproducible.
@@ -82,12 +83,9 @@ class Agent:
         The aggregator has its own system message (a synthesiser, not a council member) and
         samples with the seat's own seed.
         """
-        messages = [
-            {"role": "system", "content": prompts.aggregator_system_prompt(self.kind)},
-            {"role": "user", "content": prompts.aggregator_prompt(question, attempts, limit=limit)},
-        ]
+        user = prompts.aggregator_prompt(question, attempts, limit=limit)
         completion = await self.backend.complete(
-            messages,
+            self._messages(user, system=prompts.aggregator_system_prompt(self.kind)),
             temperature=self.seat.temperature,
             max_tokens=self._max_tokens,
             seed=self.seat.seed,
