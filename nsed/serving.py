@@ -76,9 +76,15 @@ class ThreadedServer:
         self._thread.start()
         deadline = time.monotonic() + timeout_s
         while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
+            exited = not self._thread.is_alive()
+            if exited or time.monotonic() > deadline:
                 self.stop()
-                cause = f"{self.error!r}" if self.error else f"not listening after {timeout_s:g}s"
+                if self.error is not None:
+                    cause = repr(self.error)
+                elif exited:
+                    cause = "uvicorn exited before listening (see its log)"
+                else:
+                    cause = f"not listening after {timeout_s:g}s"
                 raise RuntimeError(f"{self.name} on port {self.port} did not start: {cause}")
             time.sleep(0.005)
         return self
