@@ -9,8 +9,6 @@ exit status, never a traceback.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -89,24 +87,14 @@ def _serve_app() -> typer.Typer:
     return serve_app
 
 
-@dataclass(frozen=True)
-class _Group:
-    """A command group: ``name`` is its sub-command (None: its commands join the root app),
-    ``commands`` the names it adds, ``extra`` the optional extra its imports need."""
-
-    load: Callable[[], typer.Typer]
-    name: str | None
-    commands: tuple[str, ...]
-    extra: str
-
-
-_GROUPS: tuple[_Group, ...] = (
-    _Group(_bench_app, "bench", ("bench",), extra="bench"),
-    _Group(_runs_app, "runs", ("runs",), extra="bench"),
-    _Group(_models_app, "models", ("models",), extra="dev"),
-    _Group(_broker_app, "broker", ("broker",), extra="dev"),
-    _Group(_simulate_app, None, ("simulate",), extra="serve"),
-    _Group(_serve_app, None, ("serve",), extra="serve"),
+# (loader, group name or None to merge its commands into the root app, command names, extra)
+_GROUPS = (
+    (_bench_app, "bench", ("bench",), "bench"),
+    (_runs_app, "runs", ("runs",), "bench"),
+    (_models_app, "models", ("models",), "dev"),
+    (_broker_app, "broker", ("broker",), "dev"),
+    (_simulate_app, None, ("simulate",), "serve"),
+    (_serve_app, None, ("serve",), "serve"),
 )
 
 
@@ -132,19 +120,19 @@ def _register_subcommands() -> None:
     A group whose optional dependencies are not installed still appears, as a command that
     tells the user which extra to install.
     """
-    for group in _GROUPS:
+    for load, group, names, extra in _GROUPS:
         try:
-            sub = group.load()
+            sub = load()
         except ModuleNotFoundError as exc:
             if exc.name is None or exc.name.startswith("nsed"):
                 raise
-            for name in group.commands:
-                _missing_extra_command(name, group.extra, exc.name)
+            for name in names:
+                _missing_extra_command(name, extra, exc.name)
             continue
-        if group.name is None:
+        if group is None:
             app.registered_commands.extend(sub.registered_commands)
         else:
-            app.add_typer(sub, name=group.name)
+            app.add_typer(sub, name=group)
 
 
 def _round_table(record: RoundRecord) -> Table:
