@@ -63,4 +63,3 @@ def test_every_exported_name_resolves():
     for name in nsed.__all__:
         assert getattr(nsed, name) is not None, name
     assert all(issubclass(getattr(nsed, n), nsed.NsedError) for n in PUBLIC["errors"])
-

@@ -332,6 +332,7 @@ async def draw_samples(
 
 # --- Mixture-of-Agents ----------------------------------------------------------------------
 
+
 async def aggregate(
     team: BenchTeam, aggregator: AgentSpec, problem: Problem, proposals: Sequence[Sample]
 ) -> Sample:
