@@ -62,10 +62,10 @@ demo: install
 	$(BIN)/nsed ask "What is 17 * 23?" --kind math --rounds 2
 
 lint: install-dev
-	$(BIN)/ruff check nsed tests benchmarks examples
+	$(BIN)/ruff check nsed tests perf examples
 
 test: install-dev
-	$(BIN)/ruff check nsed tests benchmarks examples
+	$(BIN)/ruff check nsed tests perf examples
 	$(BIN)/pytest -q -p no:cacheprovider
 
 clean:

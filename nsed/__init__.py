@@ -6,12 +6,17 @@ quadratically and iterate in rounds; the winner of the last completed round is t
     >>> from nsed import deliberate
     >>> result = deliberate("What is 17 * 23?", kind="math")
     >>> result.final
+
+This module is the public surface (pinned by ``tests/test_exported_members.py``): the entry
+points, the configuration and result models, the errors and the event types. Everything else
+is imported from its own module (e.g. ``nsed.council.resolve_team``,
+``nsed.config.AgentSpec``, ``nsed.server.BackgroundServer``).
 """
 
 import logging
 
-from nsed.config import AgentSpec, DeliberationConfig, ModelSpec, TeamSpec
-from nsed.council import Council, adeliberate, deliberate, resolve_team
+from nsed.config import DeliberationConfig, ModelSpec, TeamSpec
+from nsed.council import Council, adeliberate, deliberate
 from nsed.errors import (
     BackendError,
     BackendTimeout,
@@ -38,7 +43,7 @@ from nsed.orchestrator.events import (
     RoundScored,
     RoundStarted,
 )
-from nsed.results import AgentInfo, Deliberation, Proposal, Review, RoundRecord, Usage
+from nsed.results import Deliberation, Proposal, Review, RoundRecord, Usage
 
 __version__ = "0.1.0"
 
@@ -48,11 +53,9 @@ logging.getLogger("nsed").addHandler(logging.NullHandler())
 __all__ = [
     "AgentBenched",
     "AgentFailed",
-    "AgentInfo",
     "AgentPromoted",
     "AgentReleased",
     "AgentSignedOn",
-    "AgentSpec",
     "BackendError",
     "BackendTimeout",
     "BackendUnreachable",
@@ -82,5 +85,4 @@ __all__ = [
     "__version__",
     "adeliberate",
     "deliberate",
-    "resolve_team",
 ]

@@ -49,14 +49,56 @@ app = typer.Typer(
 err_console = Console(stderr=True)
 
 
-# (module, typer app attribute, group name or None to merge its commands, command names, extra)
-_SUBCOMMANDS = (
-    ("nsed.benchmarks.cli", "bench_app", "bench", ("bench",), "bench"),
-    ("nsed.benchmarks.cli", "runs_app", "runs", ("runs",), "bench"),
-    ("nsed.broker.cli", "models_app", "models", ("models",), None),
-    ("nsed.broker.cli", "broker_app", "broker", ("broker",), None),
-    ("nsed.agents.simulated_cli", "simulate_app", None, ("simulate",), "serve"),
-    ("nsed.server_cli", "serve_app", None, ("serve",), "serve"),
+# --- Command groups ------------------------------------------------------------------------
+# Each group's CLI lives next to the code it drives; this list says who owns which command.
+# The imports run when the app is assembled (main), so a group whose optional extra is missing
+# becomes a command that says which extra to install, and ``import nsed.cli`` stays light.
+
+
+def _bench_app() -> typer.Typer:
+    from nsed.benchmarks.cli import bench_app
+
+    return bench_app
+
+
+def _runs_app() -> typer.Typer:
+    from nsed.benchmarks.cli import runs_app
+
+    return runs_app
+
+
+def _models_app() -> typer.Typer:
+    from nsed.broker.cli import models_app
+
+    return models_app
+
+
+def _broker_app() -> typer.Typer:
+    from nsed.broker.cli import broker_app
+
+    return broker_app
+
+
+def _simulate_app() -> typer.Typer:
+    from nsed.simulation.cli import simulate_app
+
+    return simulate_app
+
+
+def _serve_app() -> typer.Typer:
+    from nsed.server.cli import serve_app
+
+    return serve_app
+
+
+# (loader, group name or None to merge its commands into the root app, command names, extra)
+_GROUPS = (
+    (_bench_app, "bench", ("bench",), "bench"),
+    (_runs_app, "runs", ("runs",), "bench"),
+    (_models_app, "models", ("models",), "dev"),
+    (_broker_app, "broker", ("broker",), "dev"),
+    (_simulate_app, None, ("simulate",), "serve"),
+    (_serve_app, None, ("serve",), "serve"),
 )
 
 
@@ -77,23 +119,20 @@ def _missing_extra_command(name: str, extra: str, missing: str) -> None:
 
 
 def _register_subcommands() -> None:
-    """Attach the command groups that live beside the code they drive.
+    """Attach the command groups of :data:`_GROUPS`.
 
     A group whose optional dependencies are not installed still appears, as a command that
     tells the user which extra to install.
     """
-    import importlib
-
-    for module_name, attr, group, names, extra in _SUBCOMMANDS:
+    for load, group, names, extra in _GROUPS:
         try:
-            module = importlib.import_module(module_name)
+            sub = load()
         except ModuleNotFoundError as exc:
             if exc.name is None or exc.name.startswith("nsed"):
                 raise
             for name in names:
-                _missing_extra_command(name, extra or "dev", exc.name)
+                _missing_extra_command(name, extra, exc.name)
             continue
-        sub = getattr(module, attr)
         if group is None:
             app.registered_commands.extend(sub.registered_commands)
         else:

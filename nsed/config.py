@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, Self, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -38,6 +38,25 @@ DEFAULT_PERSONAS: tuple[str, ...] = (
     "a skeptical critic who hunts for the weakest step in each argument",
     "a systematic analyst who enumerates cases before concluding",
 )
+
+
+class TomlModel(BaseModel):
+    """A model read from a TOML file (``from_toml``) or its parsed dict, as one ConfigError.
+
+    Shared by TeamSpec and the broker's Catalog, which both list ``[[models]]`` tables.
+    """
+
+    toml_source: ClassVar[str] = "config"  # what a ConfigError names when no file is given
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Self:
+        """Load and validate a TOML file; I/O, syntax and validation errors are ConfigErrors."""
+        return cls.model_validate_toml(load_toml(path), source=str(path))
+
+    @classmethod
+    def model_validate_toml(cls, data: dict[str, Any], *, source: str | None = None) -> Self:
+        """Validate parsed TOML (or any dict, e.g. from the Python API) into ConfigError."""
+        return validate_or_config_error(cls, data, source or cls.toml_source)
 
 
 class ModelSpec(BaseModel):
@@ -123,10 +142,11 @@ class AgentSpec(BaseModel):
     role: str | None = None
 
 
-class TeamSpec(BaseModel):
+class TeamSpec(TomlModel):
     """The agents that deliberate: exactly the models listed, replicas expanded."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    toml_source: ClassVar[str] = "team"
 
     models: list[ModelSpec] = Field(min_length=1)
 
@@ -166,17 +186,10 @@ class TeamSpec(BaseModel):
                 )
         return seats
 
-    @classmethod
-    def from_toml(cls, path: str | Path) -> TeamSpec:
-        return cls.model_validate_toml(load_toml(path), source=str(path))
-
-    @classmethod
-    def model_validate_toml(cls, data: dict[str, Any], *, source: str = "team") -> TeamSpec:
-        return validate_or_config_error(cls, data, source)
-
 
 class DeliberationConfig(BaseModel):
-    """How one deliberation runs. Defaults follow DESIGN.md; every value is overridable."""
+    """How one deliberation runs. The defaults are the README's "Protocol defaults" table;
+    every value is overridable."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -323,7 +323,7 @@ class Council:
         deliberation_id: str | None = None,
     ) -> Deliberation:
         backends = {seat.name: make_backend(seat, pool) for seat in seats}
-        live = await _preflight(seats, backends)
+        live = await preflight(seats, backends)
         agents = [make_agent(seat, backends[seat.name], config) for seat in live]
         embedder = await anyio.to_thread.run_sync(get_embedder, config.embeddings)
         return await run_deliberation(
@@ -338,8 +338,12 @@ class Council:
         )
 
 
-async def _preflight(seats: list[AgentSpec], backends: dict[str, ChatBackend]) -> list[AgentSpec]:
-    """Check each endpoint once; drop seats whose endpoint is unreachable."""
+async def preflight(seats: list[AgentSpec], backends: dict[str, ChatBackend]) -> list[AgentSpec]:
+    """Check each endpoint once; drop seats whose endpoint is unreachable.
+
+    Raises BackendUnreachable when no endpoint answers and QuorumLost when fewer than two
+    seats are left. Used by every run and by the benchmark's baselines (the same seats).
+    """
     unreachable: dict[str, str] = {}
     by_url: dict[str, ChatBackend] = {}
     for seat in seats:

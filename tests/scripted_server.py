@@ -7,10 +7,11 @@ registers plain Python callables per model id; the server parses every chat requ
 
 Design:
 
-* uvicorn (h11) runs in a daemon thread with its own asyncio loop, so a test talks to it with
-  any sync or async client. Handlers are *sync* callables run on that loop one at a time, so a
-  script may keep state (counters, lists) without locks; a reply's ``delay_s`` is an
-  ``asyncio.sleep`` and never blocks other requests.
+* uvicorn (h11) runs in a daemon thread with its own asyncio loop
+  (:func:`nsed.serving.serve_in_thread`), so a test talks to it with any sync or async client.
+  Handlers are *sync* callables run on that loop one at a time, so a script may keep state
+  (counters, lists) without locks; a reply's ``delay_s`` is an ``asyncio.sleep`` and never
+  blocks other requests.
 * The listening socket is bound before the thread starts, so the port is known and free.
 * Everything the test thread reads or writes (routes, recorded requests, stats) is guarded by a
   lock.
@@ -22,7 +23,6 @@ import asyncio
 import contextlib
 import json
 import re
-import socket
 import threading
 import time
 from collections import deque
@@ -31,12 +31,11 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-import uvicorn
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from nsed.server.background import bind_listening_socket
+from nsed.serving import ThreadedServer, serve_in_thread
 
 __all__ = [
     "ChatRequest",
@@ -278,11 +277,7 @@ class ScriptedServer:
         self._in_flight_model: dict[str, int] = {}
         self._max_in_flight_model: dict[str, int] = {}
         self._seq = 0
-        self._sock: socket.socket | None = None
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._thread_error: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: ThreadedServer | None = None
         self._stopping: asyncio.Event | None = None
         self.port = 0
 
@@ -375,50 +370,29 @@ class ScriptedServer:
 
     def start(self, timeout_s: float = 10.0) -> ScriptedServer:
         """Bind a free port and serve in a daemon thread; returns once the server accepts."""
-        if self._thread is not None:
+        if self._server is not None:
             return self
-        sock = bind_listening_socket(self.host, 0)
-        self._sock = sock
-        self.port = int(sock.getsockname()[1])
-        config = uvicorn.Config(
-            self._asgi,
-            loop="asyncio",
-            http="h11",
-            lifespan="off",
-            interface="asgi3",
-            proxy_headers=False,
-            log_level="warning",
-            access_log=False,
-            timeout_keep_alive=30,
-            timeout_graceful_shutdown=1,
-            backlog=1024,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._serve, name=f"scripted-server-{self.port}", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"scripted server did not start: {self._thread_error!r}")
-            time.sleep(0.005)
-        return self
-
-    def _serve(self) -> None:
-        server, sock = self._server, self._sock
-        assert server is not None and sock is not None
-
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stopping = asyncio.Event()
-            await server.serve(sockets=[sock])
-
+        # Bound to the server's loop on first use (asyncio.Event takes no loop when created).
+        self._stopping = asyncio.Event()
         try:
-            asyncio.run(main())
-        except BaseException as exc:  # recorded for start()'s error message
-            self._thread_error = exc
+            self._server = serve_in_thread(
+                self._asgi,
+                host=self.host,
+                name="scripted-server",
+                timeout_s=timeout_s,
+                loop="asyncio",
+                http="h11",
+                lifespan="off",
+                interface="asgi3",
+                proxy_headers=False,
+                timeout_keep_alive=30,
+                timeout_graceful_shutdown=1,
+            )
+        except RuntimeError as exc:
+            self._stopping = None
+            raise RuntimeError(f"scripted server did not start: {exc}") from None
+        self.port = self._server.port
+        return self
 
     async def _stopped_during(self, delay_s: float) -> bool:
         """Sleep ``delay_s`` unless stop() is called first; True when it was."""
@@ -434,22 +408,13 @@ class ScriptedServer:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop serving and close the port; requests still in their delay are dropped."""
-        if self._loop is not None and self._stopping is not None:
+        server, stopping = self._server, self._stopping
+        if server is not None and server.loop is not None and stopping is not None:
             with contextlib.suppress(RuntimeError):  # the loop may already be closed
-                self._loop.call_soon_threadsafe(self._stopping.set)
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            if self._thread.is_alive() and self._server is not None:
-                self._server.force_exit = True
-                self._thread.join(timeout_s)
-        if self._sock is not None:
-            self._sock.close()
+                server.loop.call_soon_threadsafe(stopping.set)
+        if server is not None:
+            server.stop(timeout_s)
         self._server = None
-        self._thread = None
-        self._sock = None
-        self._loop = None
         self._stopping = None
 
     def __enter__(self) -> ScriptedServer:
@@ -603,7 +568,7 @@ class ScriptedServer:
         server = self._server
         if server is None or client is None:
             return
-        for connection in list(server.server_state.connections):
+        for connection in list(server.uvicorn.server_state.connections):
             if getattr(connection, "client", None) == tuple(client):
                 connection.transport.abort()
         # Let connection_lost run so uvicorn sees the disconnect and sends nothing.

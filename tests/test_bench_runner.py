@@ -13,7 +13,6 @@ import re
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +22,6 @@ import pytest
 from sqlmodel import select
 
 from nsed.agents.backend import EndpointPool
-from nsed.benchmarks.loaders import generate_quick
 from nsed.benchmarks.methods import (
     SEED_STRIDE,
     BenchTeam,
@@ -36,8 +34,10 @@ from nsed.benchmarks.methods import (
 from nsed.benchmarks.runner import BenchOptions, run_benchmark
 from nsed.config import DeliberationConfig, TeamSpec
 from nsed.errors import ConfigError
+from nsed.problems import generate_quick
 from nsed.store import BenchResult, BenchRun, Store
 from tests.council_scripts import is_review, proposal_json, team_dict
+from tests.helpers import nsed_command, nsed_env, run_nsed
 from tests.scripted_server import ChatRequest, Reply
 
 NAMES = ["alpha", "beta", "gamma"]
@@ -90,15 +90,9 @@ def write_team_dict(url: str) -> dict:
     return team
 
 
-def nsed_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "nsed.cli", *args]
-
-
 def run_cli(*args: str, home: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {"NSED_HOME": str(home), "PATH": "/usr/bin:/bin", "COLUMNS": "120"}
-    return subprocess.run(
-        nsed_cmd(*args), capture_output=True, text=True, timeout=timeout, env=env
-    )
+    """The CLI with a bare environment (no inherited keys or URLs), its data under ``home``."""
+    return run_nsed(*args, home=home, env={"PATH": "/usr/bin:/bin"}, columns=120, timeout=timeout)
 
 
 def answers(db: Path, run_id: str) -> list[tuple[str, str, int]]:
@@ -207,8 +201,8 @@ def test_resume_after_kill_redoes_nothing_stored(scripted_server, tmp_path, conf
     args = ["bench", "quick", "--limit", str(limit), "--team", str(team), "--rounds", "2",
             "--methods", "nsed,vote", "--vote-k", str(k), "--concurrency", "1",
             "--config", str(config_file), "--run-id", "resume-me"]
-    env = {"NSED_HOME": str(home), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.Popen(nsed_cmd(*args), env=env, stdout=subprocess.DEVNULL,
+    env = nsed_env(home, env={"PATH": "/usr/bin:/bin"})
+    proc = subprocess.Popen(nsed_command(*args), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     db = home / "nsed.db"
     deadline = time.monotonic() + 40

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from nsed.cli import ask
 from nsed.errors import ConfigError, InfeasibleTeam, StoreError
 from nsed.store import ModelStat, Store
 from tests.council_scripts import agent, judge_by_answer, team_dict
+from tests.helpers import run_nsed
 
 CATALOG = """
 [[models]]
@@ -72,15 +71,7 @@ prior_skill = { math = 0.95 }
 
 
 def nsed(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "NSED_HOME": str(home), "COLUMNS": "250"}
-    env.pop("NSED_DATABASE_URL", None)
-    return subprocess.run(
-        [sys.executable, "-m", "nsed.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    return run_nsed(*args, home=home, columns=250)
 
 
 @pytest.fixture

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.council_scripts import agent, judge_by_answer
+from tests.helpers import run_nsed
 
 NAMES = ["alpha", "beta", "gamma"]
 
@@ -29,16 +28,6 @@ def write_team(path: Path, url: str, names: list[str] = NAMES) -> Path:
     return path
 
 
-def nsed(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "nsed.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-
-
 @pytest.fixture
 def team_file(scripted_server, tmp_path):
     for name, final in zip(NAMES, ["391", "391", "392"], strict=True):
@@ -47,7 +36,7 @@ def team_file(scripted_server, tmp_path):
 
 
 def test_ask_json_prints_only_the_deliberation(team_file):
-    done = nsed("ask", "What is 17 * 23?", "--team", str(team_file), "--kind", "math",
+    done = run_nsed("ask", "What is 17 * 23?", "--team", str(team_file), "--kind", "math",
                 "--rounds", "3", "--min-rounds", "3", "--json")
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
@@ -64,7 +53,7 @@ def test_ask_json_prints_only_the_deliberation(team_file):
 
 
 def test_ask_live_view_shows_rounds_and_answer(team_file):
-    done = nsed("ask", "What is 17 * 23?", "--team", str(team_file), "--kind", "math",
+    done = run_nsed("ask", "What is 17 * 23?", "--team", str(team_file), "--kind", "math",
                 "--rounds", "2")
     assert done.returncode == 0, done.stderr
     assert "Round 1" in done.stdout and "Round 2" in done.stdout
@@ -80,7 +69,7 @@ def test_ask_live_view_shows_rounds_and_answer(team_file):
     ],
 )
 def test_ask_bad_input_is_one_error_line(team_file, args, needle):
-    done = nsed("ask", *args, "--team", str(team_file))
+    done = run_nsed("ask", *args, "--team", str(team_file))
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
@@ -90,7 +79,7 @@ def test_ask_bad_input_is_one_error_line(team_file, args, needle):
 
 def test_ask_unreachable_endpoint_names_url(tmp_path):
     team = write_team(tmp_path / "team.toml", "http://127.0.0.1:9/v1", ["a", "b"])
-    done = nsed("ask", "What is 2 + 2?", "--team", str(team))
+    done = run_nsed("ask", "What is 2 + 2?", "--team", str(team))
     assert done.returncode == 1
     assert done.stderr.startswith("error: ") and "http://127.0.0.1:9/v1" in done.stderr
     assert "Traceback" not in done.stderr
@@ -99,7 +88,7 @@ def test_ask_unreachable_endpoint_names_url(tmp_path):
 def test_ask_invalid_toml_is_one_error_line(tmp_path):
     bad = tmp_path / "team.toml"
     bad.write_text("[[models]\n")
-    done = nsed("ask", "hi", "--team", str(bad))
+    done = run_nsed("ask", "hi", "--team", str(bad))
     assert done.returncode == 1
     assert done.stderr.startswith("error: invalid TOML")
 

@@ -27,6 +27,7 @@ from nsed.orchestrator.voting import quadratic_vote
 from nsed.results import RoundRecord
 from nsed.store import AgentStatusRow, BrokerEventRow, ModelStat, Store
 from tests.council_scripts import agent, judge_by_answer
+from tests.helpers import catalog_dict
 from tests.scripted_server import Reply
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -45,24 +46,6 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
-
-
-def catalog_dict(url: str, priors: dict[str, float], families: dict[str, str] | None = None):
-    families = families or {}
-    return {
-        "models": [
-            {
-                "name": name,
-                "base_url": url,
-                "model": name,
-                "max_retries": 0,
-                "family": families.get(name, name),
-                "capabilities": ["math", "text"],
-                "prior_skill": {"math": prior},
-            }
-            for name, prior in priors.items()
-        ]
-    }
 
 
 def table(store: Store, model: type) -> list:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from nsed.benchmarks.grading import grade_code, grade_math, stdout_matches
-from nsed.benchmarks.problems import Problem, TestCase
+from nsed.problems import Problem, TestCase
 
 STDIN_PROBLEM = Problem(
     id="sum-pairs",

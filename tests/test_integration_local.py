@@ -155,7 +155,7 @@ def local_server() -> Iterator[LocalServer]:
     One thread (``-t 1``): the test process itself (embeddings, scoring) and, on a developer
     machine, other work compete for the 2 cores, and llama.cpp's spinning worker threads
     collapse under oversubscription (measured: 3-12 tok/s with -t 2 versus 30-42 tok/s with
-    -t 1 at load 6; see benchmarks/local_default.md). A server left running by another test
+    -t 1 at load 6; see perf/local_default.md). A server left running by another test
     module is shut down first so the config below is the one in use.
     """
     with pytest.MonkeyPatch.context() as mp:

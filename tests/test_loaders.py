@@ -13,14 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from nsed.benchmarks.loaders import (
-    QUICK_DEFAULT_SIZE,
-    generate_quick,
-    load_problems,
-    plausible_wrong_answers,
-)
-from nsed.benchmarks.problems import Problem
+from nsed.benchmarks.loaders import load_problems
 from nsed.errors import ConfigError, DataError
+from nsed.problems import QUICK_DEFAULT_SIZE, Problem, generate_quick, plausible_wrong_answers
 
 
 def write_jsonl(path: Path, rows: list[object]) -> Path:

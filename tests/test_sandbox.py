@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from nsed.benchmarks.grading import grade_code
-from nsed.benchmarks.problems import Problem, TestCase
 from nsed.benchmarks.sandbox import call_function, run_python, sandbox_plan
 from nsed.errors import ConfigError
+from nsed.problems import Problem, TestCase
 
 SHORT = 1.5  # wall timeout for the programs that never end
 

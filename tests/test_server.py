@@ -22,7 +22,7 @@ from nsed.broker.catalog import Catalog
 from nsed.config import DeliberationConfig, TeamSpec
 from nsed.results import Deliberation
 from nsed.server import BackgroundServer, CouncilSpec, ServerSettings, load_api_keys
-from nsed.server_cli import build_settings
+from nsed.server.cli import build_settings
 from tests.council_scripts import agent, is_proposal, judge_by_answer, team_dict
 from tests.scripted_server import Reply, ScriptedServer
 

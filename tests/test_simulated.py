@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import anyio
@@ -22,16 +20,22 @@ from nsed.agents.simulated import (
     sim_query,
     simulated_backend,
 )
-from nsed.agents.simulated_server import SimulatedServer
 from nsed.benchmarks.grading import grade_math
-from nsed.benchmarks.loaders import generate_quick
 from nsed.config import ModelSpec, TeamSpec
 from nsed.council import Council
 from nsed.errors import BackendError, ConfigError, DataError
+from nsed.problems import generate_quick
 from nsed.results import Deliberation
-from nsed.simulate import METHODS, SimOptions, SimSetting, expand_grid, run_simulation
+from nsed.simulation.experiment import (
+    METHODS,
+    SimOptions,
+    SimSetting,
+    expand_grid,
+    run_simulation,
+)
+from nsed.simulation.server import SimulatedServer
+from tests.helpers import run_nsed
 
-ROOT = Path(__file__).resolve().parent.parent
 QUICK_N = 60
 PROBLEMS = generate_quick(QUICK_N, 0)
 FIXED = {"kind": "math", "embeddings": "off", "max_rounds": 3, "min_rounds": 3}
@@ -276,27 +280,15 @@ def test_simulation_is_deterministic_per_seed_and_transport() -> None:
 
 
 def test_cli_simulate_prints_json_only(tmp_path: Path) -> None:
-    run = subprocess.run(
-        [
-            *(sys.executable, "-m", "nsed.cli", "simulate", "--problems", "12", "--rounds", "3"),
-            *("--grid", "p_g=0.3,0.6", "--json", "--plot", str(tmp_path)),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
+    run = run_nsed(
+        *("simulate", "--problems", "12", "--rounds", "3", "--grid", "p_g=0.3,0.6"),
+        *("--json", "--plot", str(tmp_path)),
     )
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
     assert [s["setting"]["p_g"] for s in report["settings"]] == [0.3, 0.6]
     assert (tmp_path / "accuracy_by_round.png").stat().st_size > 0
-    bad = subprocess.run(
-        [sys.executable, "-m", "nsed.cli", "simulate", "--problems", "5", "--p-g", "2", "--json"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
+    bad = run_nsed("simulate", "--problems", "5", "--p-g", "2", "--json", timeout=60)
     assert bad.returncode == 1 and bad.stderr.startswith("error:") and "p_g" in bad.stderr
 
 
@@ -328,7 +320,7 @@ def test_correlated_samples_repeat_the_agents_fixed_answer() -> None:
 def test_kind_simulated_in_a_team_toml(tmp_path):
     """The issue's form: `kind = "simulated"` with a `simulation` table, no endpoint needed."""
     from nsed import TeamSpec, deliberate
-    from nsed.benchmarks.loaders import generate_quick
+    from nsed.problems import generate_quick
 
     team_file = tmp_path / "team.toml"
     team_file.write_text(

@@ -28,6 +28,7 @@ from nsed.broker.telemetry import (
 from nsed.errors import StoreError
 from nsed.store import AgentStatusRow, BrokerEventRow, ModelStat, Store
 from tests.council_scripts import agent, judge_by_answer, team_dict
+from tests.helpers import catalog_dict
 from tests.scripted_server import Reply
 
 NAMES = ["alpha", "beta", "gamma"]
@@ -41,24 +42,6 @@ def db_url(tmp_path: Path, name: str = "nsed.db") -> str:
 def rows(store: Store, table: type) -> list:
     with store.transaction() as session:
         return list(session.exec(select(table)))
-
-
-def catalog_dict(url: str, priors: dict[str, float], **extra: object) -> dict:
-    return {
-        "models": [
-            {
-                "name": name,
-                "base_url": url,
-                "model": name,
-                "max_retries": 0,
-                "family": name,
-                "capabilities": ["math", "text"],
-                "prior_skill": {"math": prior},
-                **extra,
-            }
-            for name, prior in priors.items()
-        ]
-    }
 
 
 @pytest.fixture

@@ -2,7 +2,9 @@
 
 The agent only builds prompts, calls its backend and parses; it knows nothing of other agents'
 identities. Anonymisation, self-vote masking and scoring are the orchestrator's job, so that a
-misbehaving model cannot influence them.
+misbehaving model cannot influence them. An agent can also aggregate other solvers' attempts
+(the Mixture-of-Agents baseline of ``nsed bench``), so that every call a baseline makes goes
+through the same prompts, sampling and parsing as a deliberation's.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ class Agent:
             persona=seat.persona, kind=kind, max_rounds=max_rounds, context=context
         )
 
-    def _messages(self, user: str) -> list[dict[str, str]]:
-        return [{"role": "system", "content": self._system}, {"role": "user", "content": user}]
+    def _messages(self, user: str, system: str | None = None) -> list[dict[str, str]]:
+        system = self._system if system is None else system
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
     def _seed(self, round_index: int, phase: int) -> int | None:
         # A different seed per round and phase keeps sampling diverse yet reproducible.
@@ -57,8 +60,11 @@ class Agent:
             schema=prompts.proposal_schema(),
             schema_name=prompts.PROPOSAL_SCHEMA_NAME,
         )
+        return self._proposal(completion), completion
+
+    def _proposal(self, completion: Completion) -> Proposal:
         parsed = parse_proposal(completion.text, self.kind)  # type: ignore[arg-type]
-        proposal = Proposal(
+        return Proposal(
             agent=self.name,
             reasoning=parsed.reasoning,
             answer=parsed.answer,
@@ -68,7 +74,25 @@ class Agent:
             completion_tokens=completion.completion_tokens,
             latency_s=completion.latency_s,
         )
-        return proposal, completion
+
+    async def aggregate(
+        self, question: str, attempts: list[str], *, limit: int
+    ) -> tuple[Proposal, Completion]:
+        """Write one answer from independent ``attempts`` (each clipped to ``limit`` chars).
+
+        The aggregator has its own system message (a synthesiser, not a council member) and
+        samples with the seat's own seed.
+        """
+        user = prompts.aggregator_prompt(question, attempts, limit=limit)
+        completion = await self.backend.complete(
+            self._messages(user, system=prompts.aggregator_system_prompt(self.kind)),
+            temperature=self.seat.temperature,
+            max_tokens=self._max_tokens,
+            seed=self.seat.seed,
+            schema=prompts.proposal_schema(),
+            schema_name=prompts.PROPOSAL_SCHEMA_NAME,
+        )
+        return self._proposal(completion), completion
 
     async def evaluate(
         self,

@@ -10,7 +10,7 @@ takes the orchestrator down; it is a plain OpenAI-compatible endpoint, so the on
 ``backend.py`` serves it exactly like vLLM or a hosted API. Why the native server rather than
 ``llama-cpp-python[server]``: it has parallel slots with continuous batching (``-np``), ``/health``,
 ``/metrics`` and the OpenAI ``json_schema`` response format; the Python server serialises requests
-and rejects that format (measured in ``shared/research/backends.md``).
+and rejects that format.
 
 Process hygiene, because a leaked 300 MB server per test run adds up:
 

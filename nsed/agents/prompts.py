@@ -8,19 +8,24 @@ Layout contract (tests and the simulated backend rely on it):
 * in review prompts every candidate is a block that starts with ``=== Candidate X ===`` and the
   list ends with ``=== End of candidates ===``;
 * structured output is requested with the JSON schemas below, named ``nsed_proposal`` and
-  ``nsed_review``.
+  ``nsed_review``;
+* the Mixture-of-Agents baseline's aggregator (``nsed bench --methods moa``) gets its own
+  system message and a user message that starts with ``[Aggregating]``, lists the attempts as
+  ``--- Attempt i ---`` blocks and answers in the proposal schema.
 
 No model name or agent name ever appears in what an agent sees about its peers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 PROPOSAL_SCHEMA_NAME = "nsed_proposal"
 REVIEW_SCHEMA_NAME = "nsed_review"
 CANDIDATE_HEADER = "=== Candidate {label} ==="
 CANDIDATES_END = "=== End of candidates ==="
+AGGREGATOR_HEADER = "[Aggregating]"
 
 _KIND_RULES = {
     "math": (
@@ -115,6 +120,48 @@ def review_prompt(
         'the fields "candidate" (its label), "score" (an integer) and "critique" (why).'
     )
     return "\n\n".join(parts)
+
+
+# --- The Mixture-of-Agents aggregator (a benchmark baseline, not part of the protocol) ------
+
+_AGGREGATOR_KIND_RULES = {
+    "math": "End your answer with the final result written as \\boxed{...}.",
+    "code": "Your answer must contain the complete program as one fenced ```python code block.",
+    "text": "Start your answer with the direct answer in one sentence.",
+}
+
+
+def aggregator_system_prompt(kind: str) -> str:
+    """The aggregator's system message: a synthesiser, not a voter."""
+    return "\n\n".join(
+        [
+            "You receive a task and several independent attempts at it, written by other "
+            "solvers. Your job is to produce the single best answer.",
+            "The attempts may disagree and any of them, or all of them, may be wrong. Check "
+            "the key steps yourself; do not side with the majority without verifying, and "
+            "do not copy an attempt blindly. Combine the correct parts and fix the errors.",
+            _AGGREGATOR_KIND_RULES.get(kind, _AGGREGATOR_KIND_RULES["text"]),
+            "Always reply with a single JSON object and nothing else.",
+        ]
+    )
+
+
+def aggregator_prompt(question: str, attempts: Sequence[str], *, limit: int = 4000) -> str:
+    """The aggregator's user message: the task, then the attempts as numbered blocks."""
+    blocks = []
+    for i, text in enumerate(attempts, start=1):
+        clipped = text if len(text) <= limit else text[:limit] + "…"
+        blocks.append(f"--- Attempt {i} ---\n{clipped.strip()}")
+    return "\n\n".join(
+        [
+            AGGREGATOR_HEADER,
+            f"Task:\n{question}",
+            "Independent attempts:\n" + "\n\n".join(blocks) + "\n--- End of attempts ---",
+            "Write the best final solution to the task.",
+            'Reply as a JSON object with two string fields: "reasoning" holds your check of the '
+            'attempts and your own work, and "answer" holds your complete final answer.',
+        ]
+    )
 
 
 def proposal_schema() -> dict[str, Any]:

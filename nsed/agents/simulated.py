@@ -16,7 +16,10 @@ contract of :mod:`nsed.agents.prompts`, and answers in the requested JSON:
   answers a distractor (context pollution that grows with the round). ``correlation`` makes
   fresh proposals (round 1, and every ``n`` sample) repeat, with that probability, the agent's
   one fixed answer to the problem (itself right with probability p_g): real models' samples
-  share their errors, which independent draws would hide from a majority vote.
+  share their errors, which independent draws would hide from a majority vote. A request's
+  ``seed`` makes another independent draw, as with a real model: choice ``j`` of a request
+  with seed ``s`` is its own sample (the vote baseline draws each sample with a fresh seed),
+  and a request without a seed gives the same proposals as before seeds were read.
 * ``[Round R · Reviewing]``: every ``=== Candidate X ===`` block's final is extracted with the
   real parser and graded; with probability ``p_v`` the score lands on the right side (positive
   for a correct candidate, negative for a wrong one), its magnitude drawn from
@@ -28,7 +31,7 @@ contract of :mod:`nsed.agents.prompts`, and answers in the requested JSON:
 
 Every random draw comes from an RNG seeded by a string of (profile seed, agent id, task, round,
 phase, …), so results do not depend on call order or concurrency, and the same agent gives the
-same reply in-process and over HTTP (:mod:`nsed.agents.simulated_server`).
+same reply in-process and over HTTP (:mod:`nsed.simulation.server`).
 
 Selecting it in a team TOML: ``base_url = "sim://NAME?p_g=0.5&p_v=0.8&revise=0.3"``; every
 :class:`SimProfile` field is a query parameter, plus ``quick_n``/``quick_seed`` (the quick set
@@ -59,10 +62,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from nsed.agents.backend import Completion, EndpointPool, estimate_tokens
 from nsed.agents.parsing import extract_final, normalize_final
 from nsed.agents.prompts import CANDIDATES_END
-from nsed.benchmarks.loaders import QUICK_DEFAULT_SIZE, generate_quick, plausible_wrong_answers
-from nsed.benchmarks.problems import Problem
 from nsed.config import AgentSpec, ModelSpec, format_validation_error
 from nsed.errors import BackendError, ConfigError, DataError
+from nsed.problems import QUICK_DEFAULT_SIZE, Problem, generate_quick, plausible_wrong_answers
 
 Persona = Literal["honest", "self_promoter", "always_wrong", "random"]
 Adopt = Literal["leader", "best"]
@@ -333,7 +335,9 @@ class SimulatedAgent:
     def _is_right(self, final: str | None, problem: Problem) -> bool:
         return final is not None and final == _gold(problem.answer)
 
-    def respond(self, messages: list[dict[str, str]], *, n: int = 1) -> SimReply:
+    def respond(
+        self, messages: list[dict[str, str]], *, n: int = 1, seed: int | None = None
+    ) -> SimReply:
         """Answer a chat request built by :mod:`nsed.agents.prompts` (``n`` choices)."""
         user = next(
             (str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user"),
@@ -363,7 +367,8 @@ class SimulatedAgent:
         if p.latency_ms > 0:
             latency = p.latency_ms / 1000.0 * math.exp(p.latency_sigma * meta.gauss(0.0, 1.0))
         if phase == "Proposing":
-            texts = [self._proposal(problem, round_index, user, j) for j in range(max(1, n))]
+            draws = [j if seed is None else f"{seed}:{j}" for j in range(max(1, n))]
+            texts = [self._proposal(problem, round_index, user, draw) for draw in draws]
         else:
             texts = [self._reviews(problem, round_index, user)]
         prompt_chars = sum(len(str(m.get("content") or "")) for m in messages)
@@ -377,8 +382,13 @@ class SimulatedAgent:
 
     # --- proposing ---------------------------------------------------------------------------
 
-    def propose_final(self, problem: Problem, round_index: int, view: str, sample: int = 0) -> str:
-        """The final answer this agent proposes, given the prompt (or state view) it sees."""
+    def propose_final(
+        self, problem: Problem, round_index: int, view: str, sample: int | str = 0
+    ) -> str:
+        """The final answer this agent proposes, given the prompt (or state view) it sees.
+
+        ``sample`` names the draw: the choice index, prefixed by the request's seed if any.
+        """
         p = self.profile
         gold = _gold(problem.answer)
         wrong = self.world.distractors(problem, p.distractors)
@@ -426,7 +436,7 @@ class SimulatedAgent:
         best = max(others, key=lambda f: self.score(problem, last_round, f))
         return best if self.score(problem, last_round, best) > 0 else None
 
-    def _reasoning(self, problem: Problem, round_index: int, sample: int) -> str:
+    def _reasoning(self, problem: Problem, round_index: int, sample: int | str) -> str:
         rng = self._key(problem, round_index, "words", sample)
         words: list[str] = []
         size = 0
@@ -436,7 +446,7 @@ class SimulatedAgent:
             size += len(step) + 1
         return " ".join(words)
 
-    def _proposal(self, problem: Problem, round_index: int, view: str, sample: int) -> str:
+    def _proposal(self, problem: Problem, round_index: int, view: str, sample: int | str) -> str:
         final = self.propose_final(problem, round_index, view, sample)
         return json.dumps(
             {
@@ -518,7 +528,9 @@ class SimulatedBackend:
         stop: list[str] | None = None,
         n: int = 1,
     ) -> Completion:
-        reply = self.agent.respond(messages, n=n)
+        if seed is None and self._spec is not None:
+            seed = self._spec.seed  # what HTTPBackend sends, so both transports agree
+        reply = self.agent.respond(messages, n=n, seed=seed)
         if reply.latency_s > 0:
             await anyio.sleep(reply.latency_s)
         else:

@@ -15,12 +15,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import time
 from collections.abc import Callable, Iterable
 
 import anyio
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from nsed.errors import ConfigError, DataError
@@ -34,16 +34,12 @@ KV_CACHE_OLD = "vllm:gpu_cache_usage_perc"
 
 # --- Prometheus text format ---------------------------------------------------------------------
 
-_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-_ESCAPES = {"\\": "\\", '"': '"', "n": "\n"}
-
 
 class Sample(BaseModel):
     """One sample line: ``name{labels} value [timestamp]``.
 
-    ``timestamp`` is kept as written (milliseconds in the Prometheus text format, seconds in
-    OpenMetrics); None when absent.
+    ``timestamp`` is in seconds (the text format writes milliseconds; prometheus-client's parser
+    converts them); None when absent.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -57,127 +53,37 @@ class Sample(BaseModel):
 def parse_prometheus(text: str) -> dict[str, list[Sample]]:
     """Parse Prometheus text exposition format into samples grouped by sample name.
 
-    Histogram and summary series keep their own names (``x_bucket``, ``x_sum``, ``x_count``).
-    ``# HELP``/``# TYPE`` lines and other comments are skipped; label values may contain
-    escaped ``\\\\``, ``\\"`` and ``\\n``; values may be ``NaN``, ``+Inf`` or ``-Inf``; quoted
-    (UTF-8) metric names in braces and OpenMetrics exemplars (`` # {...} v``) are accepted.
-    A malformed line is a DataError naming its line number.
+    The parsing is prometheus-client's (``text_string_to_metric_families``): histogram and
+    summary series keep their own names (``x_bucket``, ``x_sum``, ``x_count``), ``# HELP`` /
+    ``# TYPE`` lines and comments are skipped, escaped label values, ``NaN`` / ``±Inf``,
+    quoted (UTF-8) metric names and exemplars are accepted. Text it rejects is a DataError
+    naming the first bad line.
     """
     samples: dict[str, list[Sample]] = {}
+    try:
+        for family in text_string_to_metric_families(text):
+            for raw in family.samples:
+                sample = Sample(
+                    name=raw.name, labels=raw.labels, value=raw.value, timestamp=raw.timestamp
+                )
+                samples.setdefault(sample.name, []).append(sample)
+    except ValueError as exc:
+        raise DataError(_bad_line(text, exc)) from None
+    return samples
+
+
+def _bad_line(text: str, exc: ValueError) -> str:
+    """Which line the parser rejected (found by parsing line by line, on the error path only)."""
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         try:
-            sample = _parse_line(line)
-        except ValueError as exc:
+            list(text_string_to_metric_families(line + "\n"))
+        except ValueError as line_exc:
             shown = line if len(line) <= 120 else line[:117] + "..."
-            raise DataError(f"metrics line {lineno}: {exc}: {shown!r}") from None
-        samples.setdefault(sample.name, []).append(sample)
-    return samples
-
-
-def _parse_line(line: str) -> Sample:
-    name: str | None = None
-    pos = 0
-    match = _METRIC_NAME.match(line)
-    if match:
-        name, pos = match.group(), match.end()
-    elif not line.startswith("{"):
-        raise ValueError("expected a metric name")
-    labels: dict[str, str] = {}
-    brace = _skip_blanks(line, pos)
-    if brace < len(line) and line[brace] == "{":
-        pos, name = _parse_labels(line, brace + 1, labels, name)
-    if name is None:
-        raise ValueError("missing metric name")
-    rest = line[pos:]
-    if rest and rest[0] not in " \t":
-        raise ValueError("expected a blank before the value")
-    tokens = rest.split()
-    if "#" in tokens:  # OpenMetrics exemplar
-        tokens = tokens[: tokens.index("#")]
-    if not 1 <= len(tokens) <= 2:
-        raise ValueError("expected a value and an optional timestamp")
-    value = _parse_float(tokens[0])
-    timestamp = _parse_float(tokens[1]) if len(tokens) == 2 else None
-    return Sample(name=name, labels=labels, value=value, timestamp=timestamp)
-
-
-def _skip_blanks(line: str, pos: int) -> int:
-    while pos < len(line) and line[pos] in " \t":
-        pos += 1
-    return pos
-
-
-def _parse_labels(
-    line: str, pos: int, labels: dict[str, str], name: str | None
-) -> tuple[int, str | None]:
-    """Parse ``label="value", ...}`` from ``pos``; returns the position after ``}``."""
-    first = True
-    while True:
-        pos = _skip_blanks(line, pos)
-        if pos >= len(line):
-            raise ValueError("unterminated label set")
-        if line[pos] == "}":
-            return pos + 1, name
-        if line[pos] == '"':
-            key, pos = _parse_quoted(line, pos + 1)
-            pos = _skip_blanks(line, pos)
-            if first and name is None and pos < len(line) and line[pos] in ",}":
-                name = key  # {"quoted.metric.name", label="v"}
-                first = False
-                pos = pos + 1 if line[pos] == "," else pos
-                continue
-        else:
-            match = _LABEL_NAME.match(line, pos)
-            if not match:
-                raise ValueError(f"bad label name at column {pos + 1}")
-            key, pos = match.group(), _skip_blanks(line, match.end())
-        first = False
-        if pos >= len(line) or line[pos] != "=":
-            raise ValueError(f"expected '=' after label {key!r}")
-        pos = _skip_blanks(line, pos + 1)
-        if pos >= len(line) or line[pos] != '"':
-            raise ValueError(f"label {key!r} value must be in double quotes")
-        value, pos = _parse_quoted(line, pos + 1)
-        if key in labels:
-            raise ValueError(f"duplicate label {key!r}")
-        labels[key] = value
-        pos = _skip_blanks(line, pos)
-        if pos >= len(line):
-            raise ValueError("unterminated label set")
-        if line[pos] == ",":
-            pos += 1
-        elif line[pos] != "}":
-            raise ValueError("expected ',' or '}' after a label")
-
-
-def _parse_quoted(line: str, pos: int) -> tuple[str, int]:
-    """Read a quoted string starting after its opening quote; returns (text, pos after it)."""
-    out: list[str] = []
-    while pos < len(line):
-        char = line[pos]
-        if char == '"':
-            return "".join(out), pos + 1
-        if char == "\\" and pos + 1 < len(line):
-            nxt = line[pos + 1]
-            out.append(_ESCAPES.get(nxt, "\\" + nxt))
-            pos += 2
-            continue
-        out.append(char)
-        pos += 1
-    raise ValueError("unterminated quoted string")
-
-
-def _parse_float(token: str) -> float:
-    """Go-style float: decimal or exponent forms, NaN, ±Inf (no underscores, no hex)."""
-    if "_" in token or token.lower().startswith(("0x", "+0x", "-0x")):
-        raise ValueError(f"bad number {token!r}")
-    try:
-        return float(token)
-    except ValueError:
-        raise ValueError(f"bad number {token!r}") from None
+            return f"metrics line {lineno}: {line_exc}: {shown!r}"
+    return f"metrics text: {exc}"
 
 
 # --- Load signal --------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """``nsed bench`` (run a benchmark) and ``nsed runs`` (inspect stored runs).
 
-``nsed/cli.py`` registers ``bench_app`` and ``runs_app`` by name. A bench run prints its id
+Registered in :mod:`nsed.cli` (``bench_app``, ``runs_app``). A bench run prints its id
 first, shows a progress bar (done/total, accuracy so far, tokens, ETA) and ends with a results
 table; Ctrl-C stops it and says how to resume, and whatever was stored stays stored.
 """

@@ -21,7 +21,6 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from nsed.agents.parsing import normalize_final
-from nsed.benchmarks.problems import Problem, TestCase
 from nsed.benchmarks.sandbox import (
     DEFAULT_MEMORY_MB,
     DEFAULT_TIMEOUT_S,
@@ -29,6 +28,7 @@ from nsed.benchmarks.sandbox import (
     call_function,
     run_python,
 )
+from nsed.problems import Problem, TestCase
 
 _INT = re.compile(r"[+-]?\d+")
 _MATH_VERIFY_MAX_CHARS = 400  # sympy can take forever on huge expressions, and no timeout runs

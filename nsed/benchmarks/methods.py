@@ -1,6 +1,8 @@
 """The methods a benchmark compares, all on one team, one connection pool and one prompt set.
 
-* ``nsed``: a full deliberation (:func:`nsed.orchestrator.loop.run_deliberation`).
+* ``nsed``: a full deliberation through :class:`~nsed.council.Council`, exactly what
+  ``deliberate()`` runs (team resolution, preflight, agents, the round loop), on the
+  benchmark's shared connection pool.
 * ``single:<agent>``: one agent alone. Its call is exactly that agent's round-1 proposal (same
   system prompt, same proposing prompt, same parsing), so "deliberation vs its members" compares
   like with like.
@@ -8,7 +10,8 @@
   round-robin, each draw of an agent with a fresh seed, majority over the normalised finals;
   ties go to the answer that appeared first.
 * ``moa``: Mixture-of-Agents. Every agent proposes once, then one aggregator (the first agent
-  unless configured) reads all proposals and writes the final answer.
+  unless configured) reads all proposals and writes the final answer
+  (:meth:`~nsed.agents.agent.Agent.aggregate`; its prompts are in :mod:`nsed.agents.prompts`).
 
 Compute matching (``--match-compute``): a baseline keeps drawing samples until its cumulative
 completion tokens reach what the deliberation spent on the same problem (at least one sample),
@@ -17,7 +20,9 @@ majority of its samples (ties: the first sample), exactly like ``vote`` restrict
 the first sample's own answer stays in the result detail. ``moa`` has a fixed shape (n
 proposals + 1 aggregation) and is not matched.
 
-This module only calls models and counts; grading and storing are the runner's job.
+Every call goes through :class:`~nsed.agents.agent.Agent` on the backends of one
+:class:`BenchTeam`. This module only calls models and counts; grading and storing are the
+runner's job. ``nsed simulate`` uses the same vote (:func:`draw_samples`, :func:`majority`).
 """
 
 from __future__ import annotations
@@ -30,17 +35,14 @@ from typing import Any
 import anyio
 from pydantic import BaseModel, Field
 
-from nsed.agents import prompts
 from nsed.agents.agent import Agent
-from nsed.agents.backend import ChatBackend, EndpointPool
-from nsed.agents.parsing import normalize_final, parse_proposal
-from nsed.benchmarks.problems import Problem
+from nsed.agents.backend import ChatBackend, Completion, EndpointPool
+from nsed.agents.parsing import normalize_final
 from nsed.config import AgentSpec, DeliberationConfig, TeamSpec
-from nsed.council import _preflight, make_backend, validate_question
+from nsed.council import Council, make_agent, make_backend, preflight
 from nsed.errors import ConfigError, NsedError
-from nsed.orchestrator.loop import run_deliberation
-from nsed.orchestrator.similarity import Embedder, get_embedder
-from nsed.results import Deliberation
+from nsed.problems import Problem
+from nsed.results import Deliberation, Proposal
 
 METHOD_NAMES: tuple[str, ...] = ("nsed", "single", "vote", "moa")
 SINGLE_PREFIX = "single:"
@@ -151,10 +153,11 @@ def next_wave(
 
 
 class BenchTeam:
-    """The team's live seats and backends on one shared pool, plus one embedder.
+    """The team's live seats and backends on one shared pool, and the Council that deliberates.
 
     Every method gets its agents here, so a baseline's call goes through exactly the backend,
-    limiter and prompts that the deliberation's proposals use.
+    limiter and prompts that the deliberation's proposals use; the deliberation itself is a
+    ``Council.run`` on the same pool, so it is what users get from ``deliberate()``.
     """
 
     def __init__(
@@ -163,13 +166,13 @@ class BenchTeam:
         seats: list[AgentSpec],
         backends: dict[str, ChatBackend],
         config: DeliberationConfig,
-        embedder: Embedder,
+        pool: EndpointPool,
     ) -> None:
         self.team = team
         self.seats = seats
         self.backends = backends
         self.config = config
-        self.embedder = embedder
+        self.council = Council(team, config, pool=pool)
 
     @classmethod
     async def open(
@@ -178,9 +181,8 @@ class BenchTeam:
         """Check every endpoint once and keep the seats that answer (at least two)."""
         seats = team.agents()
         backends = {seat.name: make_backend(seat, pool) for seat in seats}
-        live = await _preflight(seats, backends)
-        embedder = await anyio.to_thread.run_sync(get_embedder, config.embeddings)
-        return cls(team, live, {s.name: backends[s.name] for s in live}, config, embedder)
+        live = await preflight(seats, backends)
+        return cls(team, live, {s.name: backends[s.name] for s in live}, config, pool)
 
     @property
     def names(self) -> list[str]:
@@ -207,26 +209,15 @@ class BenchTeam:
         if draw > 0:
             base = (seat.seed or 0) + seed
             seat = seat.model_copy(update={"seed": base + SEED_STRIDE * draw})
-        cfg = self.config_for(problem)
-        return Agent(
-            seat,
-            self.backends[seat.name],
-            kind=cfg.kind,
-            max_rounds=cfg.max_rounds,
-            max_tokens=cfg.max_tokens,
-            context=cfg.system_context,
-        )
+        return make_agent(seat, self.backends[seat.name], self.config_for(problem))
 
 
 # --- nsed -----------------------------------------------------------------------------------
 
 
 async def deliberate_problem(team: BenchTeam, problem: Problem) -> Deliberation:
-    """One full deliberation of the whole live team on ``problem``."""
-    cfg = team.config_for(problem)
-    question = validate_question(problem.prompt, cfg)
-    agents = [team.agent(seat, problem) for seat in team.seats]
-    return await run_deliberation(question, agents, cfg, embedder=team.embedder)
+    """One full deliberation on ``problem``: ``Council.run``, as ``deliberate()`` does it."""
+    return await team.council.run(problem.prompt, config=team.config_for(problem))
 
 
 def round_one_tokens(result: Deliberation) -> dict[str, int]:
@@ -249,16 +240,14 @@ async def propose_once(
     try:
         proposal, completion = await agent.propose(problem.prompt, round_index=1, state_view=None)
     except NsedError as exc:
-        return Sample(
-            index=index,
-            agent=seat.name,
-            seed=agent.seat.seed,
-            latency_s=time.perf_counter() - started,
-            error=str(exc) or type(exc).__name__,
-        )
+        return _failed(index, agent, started, exc)
+    return _sample(index, agent, proposal, completion)
+
+
+def _sample(index: int, agent: Agent, proposal: Proposal, completion: Completion) -> Sample:
     return Sample(
         index=index,
-        agent=seat.name,
+        agent=agent.name,
         seed=agent.seat.seed,
         final=proposal.final,
         answer=proposal.answer,
@@ -266,6 +255,16 @@ async def propose_once(
         completion_tokens=completion.completion_tokens,
         cost_usd=completion.cost_usd,
         latency_s=completion.latency_s,
+    )
+
+
+def _failed(index: int, agent: Agent, started: float, exc: NsedError) -> Sample:
+    return Sample(
+        index=index,
+        agent=agent.name,
+        seed=agent.seat.seed,
+        latency_s=time.perf_counter() - started,
+        error=str(exc) or type(exc).__name__,
     )
 
 
@@ -333,93 +332,23 @@ async def draw_samples(
 
 # --- Mixture-of-Agents ----------------------------------------------------------------------
 
-AGGREGATOR_HEADER = "[Aggregating]"
-
-_AGGREGATOR_KIND_RULES = {
-    "math": "End your answer with the final result written as \\boxed{...}.",
-    "code": "Your answer must contain the complete program as one fenced ```python code block.",
-    "text": "Start your answer with the direct answer in one sentence.",
-}
-
-
-def aggregator_system_prompt(kind: str) -> str:
-    """The aggregator's system message: a synthesiser, not a voter."""
-    return "\n\n".join(
-        [
-            "You receive a task and several independent attempts at it, written by other "
-            "solvers. Your job is to produce the single best answer.",
-            "The attempts may disagree and any of them, or all of them, may be wrong. Check "
-            "the key steps yourself; do not side with the majority without verifying, and "
-            "do not copy an attempt blindly. Combine the correct parts and fix the errors.",
-            _AGGREGATOR_KIND_RULES.get(kind, _AGGREGATOR_KIND_RULES["text"]),
-            "Always reply with a single JSON object and nothing else.",
-        ]
-    )
-
-
-def aggregator_prompt(question: str, attempts: Sequence[str], *, limit: int = 4000) -> str:
-    """The aggregator's user message: the task, then the attempts as numbered blocks."""
-    blocks = []
-    for i, text in enumerate(attempts, start=1):
-        clipped = text if len(text) <= limit else text[:limit] + "…"
-        blocks.append(f"--- Attempt {i} ---\n{clipped.strip()}")
-    return "\n\n".join(
-        [
-            AGGREGATOR_HEADER,
-            f"Task:\n{question}",
-            "Independent attempts:\n" + "\n\n".join(blocks) + "\n--- End of attempts ---",
-            "Write the best final solution to the task.",
-            'Reply as a JSON object with two string fields: "reasoning" holds your check of the '
-            'attempts and your own work, and "answer" holds your complete final answer.',
-        ]
-    )
-
 
 async def aggregate(
     team: BenchTeam, aggregator: AgentSpec, problem: Problem, proposals: Sequence[Sample]
 ) -> Sample:
     """The aggregator's one call over the proposals that did not fail."""
-    cfg = team.config_for(problem)
+    index = len(proposals) + 1
     attempts = [s.answer for s in sorted(proposals, key=lambda s: s.index) if s.error is None]
     if not attempts:
-        return Sample(index=len(proposals) + 1, agent=aggregator.name, error="no proposals")
-    messages = [
-        {"role": "system", "content": aggregator_system_prompt(cfg.kind)},
-        {
-            "role": "user",
-            "content": aggregator_prompt(problem.prompt, attempts, limit=cfg.candidate_chars),
-        },
-    ]
-    backend = team.backends[aggregator.name]
+        return Sample(index=index, agent=aggregator.name, error="no proposals")
+    agent = team.agent(aggregator, problem)
+    limit = team.config_for(problem).candidate_chars
     started = time.perf_counter()
     try:
-        completion = await backend.complete(
-            messages,
-            temperature=aggregator.temperature,
-            max_tokens=aggregator.spec.max_tokens or cfg.max_tokens,
-            seed=aggregator.seed,
-            schema=prompts.proposal_schema(),
-            schema_name=prompts.PROPOSAL_SCHEMA_NAME,
-        )
+        proposal, completion = await agent.aggregate(problem.prompt, attempts, limit=limit)
     except NsedError as exc:
-        return Sample(
-            index=len(proposals) + 1,
-            agent=aggregator.name,
-            latency_s=time.perf_counter() - started,
-            error=str(exc) or type(exc).__name__,
-        )
-    parsed = parse_proposal(completion.text, cfg.kind)
-    return Sample(
-        index=len(proposals) + 1,
-        agent=aggregator.name,
-        seed=aggregator.seed,
-        final=parsed.final,
-        answer=parsed.answer,
-        prompt_tokens=completion.prompt_tokens,
-        completion_tokens=completion.completion_tokens,
-        cost_usd=completion.cost_usd,
-        latency_s=completion.latency_s,
-    )
+        return _failed(index, agent, started, exc)
+    return _sample(index, agent, proposal, completion)
 
 
 def sample_detail(sample: Sample) -> dict[str, Any]:
@@ -428,15 +357,12 @@ def sample_detail(sample: Sample) -> dict[str, Any]:
 
 
 __all__ = [
-    "AGGREGATOR_HEADER",
     "METHOD_NAMES",
     "SINGLE_PREFIX",
     "BenchTeam",
     "Sample",
     "Vote",
     "aggregate",
-    "aggregator_prompt",
-    "aggregator_system_prompt",
     "deliberate_problem",
     "draw_samples",
     "majority",

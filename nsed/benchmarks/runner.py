@@ -43,11 +43,11 @@ from nsed.benchmarks.methods import (
     round_one_tokens,
     sample_detail,
 )
-from nsed.benchmarks.problems import Problem
 from nsed.benchmarks.sandbox import DEFAULT_TIMEOUT_S
 from nsed.config import AgentSpec, DeliberationConfig, TeamSpec
 from nsed.council import TeamLike, make_config, resolve_team
 from nsed.errors import ConfigError, NsedError
+from nsed.problems import Problem
 from nsed.store import BenchResult, BenchRun, Store
 
 GRADING_THREADS = 2  # sandboxed test processes at once; more only fights the models for CPU

@@ -43,12 +43,14 @@ Not prevented: reads of world-readable files; memory is limited per process (RLI
 program that forks many large children can use up to ``nproc`` times ``memory_mb``.
 
 The programs see LiveCodeBench's import prelude (``from collections import *``, ``typing``,
-``sys.setrecursionlimit(50000)``, ...), as the official harness does.
+``sys.setrecursionlimit(50000)``, ...), as the official harness does. The launcher and that
+runner are real modules (:mod:`nsed.benchmarks.sandbox_programs`), copied into each box.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import selectors
@@ -60,11 +62,13 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from nsed.benchmarks import sandbox_programs
 from nsed.errors import ConfigError
 
 DEFAULT_TIMEOUT_S = 6.0
@@ -110,272 +114,11 @@ class CallResult(BaseModel):
 
 # --- Programs written into the box ----------------------------------------------------------
 
-# Runs as root (PID 1 of the namespace in the namespace plans): prepares the mounts, forks the
-# program with limits and a lower uid, waits for it and reports on the status pipe.
-_LAUNCHER = r'''
-import ctypes, json, os, re, resource, sys
 
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
-MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
-FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
-         "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME}
-CLONE_NEWNET = 0x40000000
-libc = ctypes.CDLL(None, use_errno=True)
-cfg = json.load(open(sys.argv[1]))
-status_fd, alive_fd = int(sys.argv[2]), int(sys.argv[3])
-isolation = list(cfg["isolation"])
-
-def report(obj):
-    os.write(status_fd, (json.dumps(obj) + "\n").encode())
-
-def mount(src, target, fstype, flags, data=None):
-    enc = lambda s: s.encode() if s is not None else None
-    if libc.mount(enc(src), enc(target), enc(fstype), flags, enc(data)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, "mount %s: %s" % (target, os.strerror(err)))
-
-def mountpoints():
-    unescape = lambda s: re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            parts = line.split()
-            yield unescape(parts[4]), parts[5].split(",")
-
-def hidden_ancestor(path):
-    """Highest ancestor of path that 'nobody' cannot traverse, or None."""
-    cur = "/"
-    for part in [p for p in path.split("/") if p]:
-        cur = os.path.join(cur, part)
-        if os.path.isdir(cur) and not os.stat(cur).st_mode & 0o001:
-            return cur
-    return None
-
-def setup_mounts():
-    mount(None, "/", None, MS_REC | MS_PRIVATE)
-    if cfg["drop_uid"]:
-        staged = []
-        for i, prefix in enumerate(cfg["expose"]):
-            top = hidden_ancestor(prefix)
-            if top is None:
-                continue
-            if cfg["box"].startswith(top + "/"):
-                raise OSError("the sandbox box %s lies under %s" % (cfg["box"], top))
-            stage = os.path.join(cfg["box"], "expose", str(i))
-            mount(prefix, stage, None, MS_BIND | MS_REC)
-            staged.append((top, prefix, stage))
-        for top in sorted({t for t, _, _ in staged}):
-            mount("tmpfs", top, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
-        for _, prefix, stage in staged:
-            os.makedirs(prefix, mode=0o755, exist_ok=True)
-            mount(stage, prefix, None, MS_BIND | MS_REC)
-        if staged:
-            isolation.append("private_dirs_hidden")
-    failed = []
-    for target, opts in mountpoints():
-        flags = MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID
-        for o in opts:
-            flags |= FLAGS.get(o, 0)
-        try:
-            mount(None, target, None, flags)
-        except OSError:
-            failed.append(target)
-    if failed:
-        raise OSError("could not make read-only: %s" % ", ".join(failed[:5]))
-    isolation.append("ro_fs")
-    mode = "0777" if cfg["drop_uid"] else "0700"
-    mount("tmpfs", cfg["work"], "tmpfs", MS_NOSUID | MS_NODEV,
-          "size=%dm,mode=%s" % (cfg["work_mb"], mode))
-    isolation.append("tmpfs_work")
-    try:
-        mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-              "size=16m,mode=1777")
-    except OSError:
-        pass
-
-try:
-    if cfg["mounts"]:
-        setup_mounts()
-    elif cfg["try_net_unshare"]:
-        if libc.unshare(CLONE_NEWNET) == 0:
-            isolation.append("net_ns")
-        else:
-            isolation.append("socket_guard")
-except Exception as exc:
-    report({"setup_error": "%s: %s" % (type(exc).__name__, exc)})
-    os._exit(0)
-
-if "net_ns" not in isolation and "socket_guard" not in isolation:
-    isolation.append("socket_guard")
-argv = list(cfg["argv"])
-if "socket_guard" in isolation:
-    argv.insert(argv.index(cfg["runner"]) + 1, "--socket-guard")
-os.set_inheritable(status_fd, False)
-os.set_inheritable(alive_fd, False)
-
-def watchdog():
-    """Kill the run when nsed goes away (its end of the pipe closes) or overstays its limit."""
-    import select, signal
-    select.select([alive_fd], [], [], cfg["watchdog_s"])
-    try:
-        os.killpg(os.getpgrp(), signal.SIGKILL)
-    finally:
-        os._exit(137)
-
-import threading
-threading.Thread(target=watchdog, daemon=True).start()
-# Orphans of the program re-parent to us (not to init), so none can slip away unseen.
-libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-pid = os.fork()
-if pid == 0:
-    try:
-        lim = cfg["limits"]
-        def setlim(kind, soft, hard=None):
-            resource.setrlimit(kind, (soft, soft if hard is None else hard))
-        setlim(resource.RLIMIT_CPU, lim["cpu_s"], lim["cpu_s"] + 1)
-        setlim(resource.RLIMIT_AS, lim["as_bytes"])
-        setlim(resource.RLIMIT_FSIZE, lim["fsize_bytes"])
-        setlim(resource.RLIMIT_NOFILE, lim["nofile"])
-        setlim(resource.RLIMIT_NPROC, lim["nproc"])
-        setlim(resource.RLIMIT_CORE, 0)
-        os.chdir(cfg["work"])
-        if cfg["drop_uid"]:
-            os.setgroups([])
-            os.setgid(cfg["uid"])
-            os.setuid(cfg["uid"])
-        libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: setuid binaries cannot raise privilege
-        os.execve(argv[0], argv, cfg["env"])
-    except BaseException as exc:
-        report({"setup_error": "%s: %s" % (type(exc).__name__, exc)})
-    os._exit(127)
-while True:
-    try:
-        _, status = os.waitpid(pid, 0)
-        break
-    except ChildProcessError:
-        status = 0
-        break
-    except InterruptedError:
-        continue
-def kill_leftovers():
-    """SIGKILL every remaining child (orphans included) and reap them; a PID namespace would do
-    this by itself when we exit, without one it is our job."""
-    me = str(os.getpid())
-    for _ in range(50):
-        found = False
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open("/proc/%s/stat" % entry, "rb") as f:
-                    stat = f.read().decode("ascii", "replace")
-            except OSError:
-                continue
-            if stat[stat.rfind(")") + 2:].split()[1] == me:
-                found = True
-                try:
-                    os.kill(int(entry), 9)
-                except OSError:
-                    pass
-        try:
-            while os.waitpid(-1, os.WNOHANG)[0] > 0:
-                pass
-        except ChildProcessError:
-            pass
-        if not found:
-            return
-
-kill_leftovers()
-if os.WIFSIGNALED(status):
-    report({"signal": os.WTERMSIG(status), "isolation": isolation})
-else:
-    report({"exit": os.WEXITSTATUS(status), "isolation": isolation})
-os._exit(0)
-'''
-
-# Runs as the program's interpreter: LiveCodeBench's prelude, then either the script with the
-# test's stdin, or (call mode) Solution().<func_name>(*args) printing the JSON result.
-_RUNNER = r'''
-import sys
-
-def socket_guard():
-    import _socket, socket
-    def refuse(*args, **kwargs):
-        raise PermissionError("network access is disabled in the nsed sandbox")
-    class NoSocket(socket.socket):
-        def __init__(self, *args, **kwargs):
-            refuse()
-    socket.socket = NoSocket
-    _socket.socket = NoSocket
-    socket.create_connection = refuse
-    socket.socketpair = refuse
-    socket.fromfd = refuse
-
-args = sys.argv[1:]
-if args and args[0] == "--socket-guard":
-    socket_guard()
-    args = args[1:]
-mode, solution = args[0], args[1]
-PRELUDE = """
-from string import *
-from re import *
-from datetime import *
-from collections import *
-from heapq import *
-from bisect import *
-from copy import *
-from math import *
-from random import *
-from statistics import *
-from itertools import *
-from functools import *
-from operator import *
-from io import *
-from sys import *
-from json import *
-from builtins import *
-from typing import *
-import string, re, datetime, collections, heapq, bisect, copy, math, random, statistics
-import itertools, functools, operator, io, sys, json
-sys.setrecursionlimit(50000)
-"""
-import runpy
-scope = {}
-exec(PRELUDE, scope)
-scope.pop("__builtins__", None)
-if mode == "script":
-    sys.argv = [solution]
-    runpy.run_path(solution, init_globals=scope, run_name="__main__")
-    raise SystemExit(0)
-
-import io, json, traceback
-func_name, SENTINEL = args[2], args[3]
-raw = sys.stdin.read()
-real_stdout = sys.stdout
-sys.stdout = io.StringIO()
-try:
-    call_args = [json.loads(line) for line in raw.split("\n") if line.strip()]
-    module = runpy.run_path(solution, init_globals=scope, run_name="solution")
-    cls = module.get("Solution")
-    if cls is None:
-        raise NameError("the code defines no class Solution")
-    method = getattr(cls(), func_name, None)
-    if method is None:
-        raise AttributeError("class Solution has no method %r" % func_name)
-    value = method(*call_args)
-    if isinstance(value, tuple):
-        value = list(value)
-    try:
-        payload = {"ok": True, "value": json.dumps(value)}
-    except (TypeError, ValueError) as exc:
-        payload = {"ok": False, "error": "return value is not JSON-serialisable: %s" % exc}
-except BaseException as exc:
-    traceback.print_exc()
-    payload = {"ok": False, "error": "%s: %s" % (type(exc).__name__, exc)}
-sys.stdout = real_stdout
-real_stdout.write("\n" + SENTINEL + json.dumps(payload) + "\n")
-real_stdout.flush()
-'''
+@functools.cache
+def _program(name: str) -> str:
+    """The text of a program in :mod:`nsed.benchmarks.sandbox_programs` (read once)."""
+    return resources.files(sandbox_programs).joinpath(name).read_text(encoding="utf-8")
 
 
 # --- Choosing the containment plan ---------------------------------------------------------
@@ -576,7 +319,8 @@ def _prepare_box(
         (box / "expose" / str(i)).mkdir()
     if plan.drop_uid and not plan.namespaces:
         os.chown(work, _NOBODY, _NOBODY)
-    files = {"launcher.py": _LAUNCHER, "runner.py": _RUNNER, "solution.py": code}
+    files = {name: _program(name) for name in sandbox_programs.PROGRAMS}
+    files["solution.py"] = code
     for name, text in files.items():
         (box / name).write_text(text, encoding="utf-8")
         (box / name).chmod(0o644)

@@ -28,12 +28,11 @@ count = 2
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from nsed.config import ModelSpec, load_toml, validate_or_config_error
+from nsed.config import ModelSpec, TomlModel
 from nsed.errors import ConfigError
 
 # Capabilities a model may declare and a role may require. Task kinds (math, code, text) are a
@@ -157,10 +156,14 @@ class RoleSpec(BaseModel):
         return None if value is None else _check_names([value])[0]
 
 
-class Catalog(BaseModel):
-    """The free-agent pool: every candidate model, and optionally the roles a team fills."""
+class Catalog(TomlModel):
+    """The free-agent pool: every candidate model, and optionally the roles a team fills.
+
+    ``Catalog.from_toml(path)`` loads ``[[models]]`` (and optional ``[[roles]]``).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    toml_source: ClassVar[str] = "catalog"
 
     models: list[CatalogEntry] = Field(min_length=1)
     roles: list[RoleSpec] = Field(default_factory=list)
@@ -187,16 +190,6 @@ class Catalog(BaseModel):
         raise ConfigError(
             f"no model named {name!r} in the catalog; known: {', '.join(self.names())}"
         )
-
-    @classmethod
-    def from_toml(cls, path: str | Path) -> Catalog:
-        """Load ``[[models]]`` (and optional ``[[roles]]``) from a TOML file."""
-        return cls.model_validate_toml(load_toml(path), source=str(path))
-
-    @classmethod
-    def model_validate_toml(cls, data: dict[str, Any], *, source: str = "catalog") -> Catalog:
-        """Validate parsed TOML (or any dict, e.g. from the Python API) into ConfigError."""
-        return validate_or_config_error(cls, data, source)
 
 
 __all__ = ["CAPABILITIES", "Catalog", "CatalogEntry", "RoleSpec", "check_capability"]

@@ -7,8 +7,9 @@ Pure functions, no I/O. The utility of deliberating t rounds is
 (signal extraction saturating towards 1, minus a quadratic fatigue penalty). With
 k = Λ(p_v − p_g) its maximum is at T_opt = W₀(k²(1 − p_g)/(2β))/k. Online, evidence
 Δe = max(conviction, 0)·U'(r) accumulates each round and the council halts once it reaches
-``effort`` times the positive budget B = U(T_opt) − U(0). See research/nsed-protocol-notes.md
-§3.6–3.7 and DESIGN.md "Protocol decisions".
+``effort`` times the positive budget B = U(T_opt) − U(0). The defaults are in the README's
+"Protocol defaults" table (``fatigue_rule``, ``effort``); ``perf/simulate.md`` fits U(t) to
+measured accuracy curves.
 
 scipy is used only by :func:`fit_fatigue` (offline fitting) and is imported there, so the
 deliberation loop never needs it; Lambert W is implemented here in pure Python.

@@ -3,7 +3,7 @@
 Pure functions, no I/O. Each reviewer's raw scores (−100…100) become votes whose cost grows
 quadratically (votes = √credits), so no single extreme grader can dominate, and a candidate's
 support is the *mean* vote it received, so proposals reviewed by more agents get no edge.
-See DESIGN.md "Protocol decisions" and research/nsed-protocol-notes.md §3.4.
+The formulas and tie rules are in the README's "Protocol defaults" table (``qv_mode``, ties).
 
 Sums use :func:`math.fsum` (exactly rounded), so the result does not depend on the order in
 which reviewers are listed; ties are compared with a tiny tolerance so float noise cannot pick

@@ -23,7 +23,7 @@ Modules: ``settings`` (what is served), ``protocol`` (wire format), ``translate`
 deliberation), ``errors`` (OpenAI error JSON), ``limits`` (auth, body size, admission),
 ``metrics`` (Prometheus), ``streaming`` (SSE), ``state`` (app runtime, one job), ``response``
 (one deliberation as a response), ``routes`` (endpoints), ``app`` (``create_app``),
-``background`` (``run_server``, ``BackgroundServer``).
+``background`` (``run_server``, ``BackgroundServer``), ``cli`` (the ``nsed serve`` command).
 """
 
 from nsed.server.app import create_app

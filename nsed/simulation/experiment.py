@@ -3,7 +3,7 @@
 For each setting of a grid (team size, p_g, p_v, revise, sycophancy, fatigue, correlation,
 adversary, rounds, qv_mode, γ) every problem of a quick set is deliberated by a team of
 simulated agents (:mod:`nsed.agents.simulated`) through the real
-:class:`~nsed.council.Council`, in-process or over HTTP (:mod:`nsed.agents.simulated_server`).
+:class:`~nsed.council.Council`, in-process or over HTTP (:mod:`nsed.simulation.server`).
 Deliberations run a fixed R rounds (``min_rounds = max_rounds = R``) so that the winner of
 every round gives the accuracy curve.
 
@@ -13,14 +13,17 @@ Methods, all graded against the gold answer:
   online stopping rules (min 2 rounds, unanimity, efficiency-fatigue evidence) would have
   returned, replayed on the same rounds, with the mean rounds it used;
 * ``single``: the first seat's round-1 proposal (every honest seat has the same p_g);
-* ``vote``: compute-matched majority vote of k independent round-1 proposals (the seats
-  answer with ``n`` samples), k = the deliberation's mean number of calls (``match="calls"``)
-  or its mean completion tokens over the mean completion tokens of one proposal
-  (``match="tokens"``); ties go to the answer sampled first;
-* aggregators on the same round-1 proposals and reviews: ``majority_r1`` (plurality of the
-  round-1 finals), ``mean_rank`` (llm-council: each reviewer ranks what it scored, lowest mean
-  rank wins) and ``conf_vote`` (ReConcile-style confidence-weighted vote, with the mean peer
-  score mapped to [0, 1] as the confidence, because the protocol asks for no self-confidence).
+* ``vote``: compute-matched majority vote of k independent round-1 proposals, k = the
+  deliberation's mean number of calls (``match="calls"``) or its mean completion tokens over
+  the mean completion tokens of one proposal (``match="tokens"``). It is the benchmark's own
+  vote baseline (:func:`nsed.benchmarks.methods.draw_samples` and ``majority``): sample i is
+  drawn from seat (i − 1) mod n with a fresh seed per draw, ties go to the answer sampled
+  first;
+* aggregators on the same round-1 proposals and reviews: ``majority_r1`` (the same
+  ``majority`` over the round-1 finals, in seat order), ``mean_rank`` (llm-council: each
+  reviewer ranks what it scored, lowest mean rank wins) and ``conf_vote`` (ReConcile-style
+  confidence-weighted vote, with the mean peer score mapped to [0, 1] as the confidence,
+  because the protocol asks for no self-confidence).
 
 The accuracy curve is fitted with U(t) (:func:`nsed.orchestrator.stopping.fit_fatigue`) twice:
 ``fit`` over t = 0..R, where t = 0 is a generator alone (mean accuracy of all round-1
@@ -36,7 +39,6 @@ import itertools
 import math
 import time
 import warnings
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,16 +47,13 @@ from typing import Any, Literal
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from nsed.agents import prompts
 from nsed.agents.backend import EndpointPool
-from nsed.agents.parsing import parse_proposal
 from nsed.agents.simulated import Persona, SimProfile, sim_query
 from nsed.benchmarks.grading import grade_math
-from nsed.benchmarks.loaders import generate_quick
-from nsed.benchmarks.problems import Problem
+from nsed.benchmarks.methods import BenchTeam, Sample, draw_samples, majority
 from nsed.config import DeliberationConfig, QVMode, TeamSpec, format_validation_error
-from nsed.council import Council, make_backend
-from nsed.errors import ConfigError, NsedError
+from nsed.council import Council
+from nsed.errors import ConfigError
 from nsed.orchestrator.stopping import (
     FatigueParams,
     StopInputs,
@@ -62,6 +61,7 @@ from nsed.orchestrator.stopping import (
     positive_budget,
     should_stop,
 )
+from nsed.problems import Problem, generate_quick
 from nsed.results import Deliberation
 
 METHODS: tuple[str, ...] = (
@@ -258,11 +258,9 @@ class _Outcome:
 
 
 def _plurality(finals: Sequence[str | None]) -> str | None:
-    counts = Counter(f for f in finals if f is not None)
-    if not counts:
-        return None
-    top = max(counts.values())
-    return next(f for f in finals if f is not None and counts[f] == top)
+    """The vote baseline's majority over ``finals`` in this order (ties: the first)."""
+    samples = [Sample(index=i, agent="", final=f) for i, f in enumerate(finals, start=1)]
+    return majority(samples, "math").final
 
 
 def _mean_rank_winner(scores: dict[str, dict[str, float]], seats: list[str]) -> str | None:
@@ -394,39 +392,10 @@ def config_for(setting: SimSetting) -> DeliberationConfig:
     )
 
 
-async def _vote(
-    team: TeamSpec, problem: Problem, k: int, rounds: int, pool: EndpointPool
-) -> tuple[bool, int]:
-    """Majority of ``k`` independent round-1 proposals, spread over the seats; (right, calls)."""
-    seats = team.agents()
-    user = prompts.proposal_prompt(round_index=1, question=problem.prompt, state_view=None)
-    samples: list[list[str | None]] = [[] for _ in seats]
-
-    async def ask(i: int, n: int) -> None:
-        seat = seats[i]
-        system = prompts.system_prompt(
-            persona=seat.persona, kind="math", max_rounds=rounds, context=None
-        )
-        try:
-            completion = await make_backend(seat, pool).complete(
-                [{"role": "system", "content": system}, {"role": "user", "content": user}],
-                seed=seat.seed,
-                schema=prompts.proposal_schema(),
-                schema_name=prompts.PROPOSAL_SCHEMA_NAME,
-                n=n,
-            )
-        except NsedError:
-            return
-        samples[i] = [parse_proposal(t, "math").final for t in completion.texts[:n]]
-
-    share = [k // len(seats) + (1 if i < k % len(seats) else 0) for i in range(len(seats))]
-    async with anyio.create_task_group() as tg:
-        for i, n in enumerate(share):
-            if n > 0:
-                tg.start_soon(ask, i, n)
-    # Sample order: round-robin over seats, so ties go to the earliest sample.
-    ordered = [s[j] for j in range(max(share)) for s in samples if j < len(s)]
-    return grade_math(_plurality(ordered), str(problem.answer)), k
+async def _vote(bench: BenchTeam, problem: Problem, k: int) -> bool:
+    """The benchmark's vote: majority of ``k`` round-1 samples drawn round-robin over the seats."""
+    samples = await draw_samples(bench, problem, bench.seats, k=k, max_samples=k)
+    return grade_math(majority(samples, "math").final, str(problem.answer))
 
 
 def _ratio(part: float, whole: float) -> float:
@@ -479,10 +448,11 @@ async def arun_setting(
 
     votes: list[bool] = [False] * len(problems)
     async with EndpointPool() as pool:
+        bench = await BenchTeam.open(team, config, pool)
 
         async def vote(i: int, problem: Problem) -> None:
             async with limiter:
-                votes[i], _ = await _vote(team, problem, k, setting.rounds, pool)
+                votes[i] = await _vote(bench, problem, k)
 
         async with anyio.create_task_group() as tg:
             for i, problem in enumerate(problems):
@@ -627,7 +597,7 @@ def run_simulation(
     """Blocking :func:`arun_simulation`; with ``http`` it serves the agents from a child process."""
     if not options.http:
         return anyio.run(lambda: arun_simulation(settings, options, on_progress=on_progress))
-    from nsed.agents.simulated_server import SimulatedServerProcess
+    from nsed.simulation.server import SimulatedServerProcess
 
     with SimulatedServerProcess(quick_n=options.problems, quick_seed=options.seed) as server:
         return anyio.run(

@@ -10,7 +10,7 @@ Two measurements, because the local team's seeds are fixed (the demo is reproduc
   with every seat's seed shifted by ``1000 * run``: how often the mechanism gets it right on
   draws the demo did not pick.
 
-    python benchmarks/demo_runs.py --question "What is 2 + 3?" --kind math --expect 5 \\
+    python perf/demo_runs.py --question "What is 2 + 3?" --kind math --expect 5 \\
         [--runs 10] [--rounds 2] [--mode cli|seeds|both] [--threads N] [--json]
 """
 

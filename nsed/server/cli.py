@@ -1,4 +1,4 @@
-"""``nsed serve``: serve councils as OpenAI-compatible models (registered by nsed.cli).
+"""``nsed serve``: serve councils as OpenAI-compatible models (registered in :mod:`nsed.cli`).
 
 Which councils are served:
 

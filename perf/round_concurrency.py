@@ -7,7 +7,7 @@ Runs against the scripted OpenAI-compatible server over real HTTP on 127.0.0.1:
    wall / sum-of-slowest-calls (1.00 is perfect; a sequential loop would be 2.0).
 2. 3 agents x 8 rounds with long proposals: prompt tokens per round, and round 8 / round 2.
 
-    .venv/bin/python benchmarks/round_concurrency.py
+    .venv/bin/python perf/round_concurrency.py
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """``nsed simulate``: aggregation methods on simulated agents of known competence.
 
-Merged into the root ``nsed`` app by :mod:`nsed.cli`. Prints rich tables (with a progress
-bar on stderr), or only the :class:`~nsed.simulate.SimulationReport` JSON with ``--json``;
-``--plot DIR`` writes the accuracy-by-round and accuracy-against-(p_v − p_g) PNGs.
+Registered in the root ``nsed`` app by :mod:`nsed.cli`. Prints rich tables (with a progress
+bar on stderr), or only the :class:`~nsed.simulation.experiment.SimulationReport` JSON with
+``--json``; ``--plot DIR`` writes the accuracy-by-round and accuracy-against-(p_v − p_g) PNGs.
+The experiment is imported when the command runs, so registering it costs nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from rich.table import Table
 from nsed.errors import ConfigError
 
 if TYPE_CHECKING:
-    from nsed.simulate import SimulationReport
+    from nsed.simulation.experiment import SimulationReport
 
 simulate_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -69,7 +70,13 @@ def simulate(
 ) -> None:
     """Measure nsed against vote, single and other aggregators on simulated agents."""
     from nsed.config import validate_or_config_error
-    from nsed.simulate import SimOptions, SimSetting, expand_grid, run_simulation, write_plots
+    from nsed.simulation.experiment import (
+        SimOptions,
+        SimSetting,
+        expand_grid,
+        run_simulation,
+        write_plots,
+    )
 
     base = validate_or_config_error(
         SimSetting,
@@ -135,7 +142,7 @@ def _t_opt(value: float | None) -> str:
 
 
 def _varying(report: SimulationReport) -> list[str]:
-    from nsed.simulate import GRID_KEYS
+    from nsed.simulation.experiment import GRID_KEYS
 
     keys = [k for k in GRID_KEYS if len({getattr(r.setting, k) for r in report.settings}) > 1] or [
         "agents",
@@ -146,7 +153,7 @@ def _varying(report: SimulationReport) -> list[str]:
 
 
 def _print_report(report: SimulationReport, paths: list[Path]) -> None:
-    from nsed.simulate import METHODS
+    from nsed.simulation.experiment import METHODS
 
     console = Console()
     if not console.is_terminal:  # piped: do not squeeze the tables into 80 columns

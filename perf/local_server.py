@@ -5,8 +5,8 @@ stream, aggregate tokens/s of 3 concurrent requests (100 output tokens each, a ~
 temperature 0.7), and the server's resident memory. ``ignore_eos`` (a llama.cpp extension) makes
 every request generate exactly ``--tokens`` tokens, so runs are comparable.
 
-    python benchmarks/local_server.py [--runs 3] [--concurrency 1,3] [--tokens 100]
-                                      [--threads N] [--binary PATH] [--json]
+    python perf/local_server.py [--runs 3] [--concurrency 1,3] [--tokens 100]
+                                [--threads N] [--binary PATH] [--json]
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ the official OpenAI SDK over 127.0.0.1. One round per deliberation (propose + re
    it cannot hold at once would be a 429), N simultaneous requests; reports successes, errors,
    the peak of the in-flight gauge, wall time and latency percentiles.
 
-    .venv/bin/python benchmarks/server_overhead.py [--requests 50] [--levels 10,50,100]
+    .venv/bin/python perf/server_overhead.py [--requests 50] [--levels 10,50,100]
 """
 
 from __future__ import annotations

@@ -1,16 +1,17 @@
 """Simulated agents over a real OpenAI-compatible HTTP endpoint, for load tests of the loop.
 
 The same :class:`~nsed.agents.simulated.SimulatedAgent` as the in-process ``sim://`` backend,
-served by starlette + uvicorn on 127.0.0.1. The request's model id selects the agent: a name
-registered with ``profiles`` or ``NAME?p_g=0.5&p_v=0.8...`` (the query of a ``sim://`` URL);
-the agent's identity is NAME, so a team whose seats are named after their model's NAME gets
-exactly the replies it would get in-process. A team then points at ``http://127.0.0.1:PORT/v1``
+served by starlette + uvicorn on 127.0.0.1 (:func:`nsed.serving.serve_in_thread`). The
+request's model id selects the agent: a name registered with ``profiles`` or
+``NAME?p_g=0.5&p_v=0.8...`` (the query of a ``sim://`` URL); the agent's identity is NAME, so
+a team whose seats are named after their model's NAME gets exactly the replies it would get
+in-process. A team then points at ``http://127.0.0.1:PORT/v1``
 with the normal HTTPBackend, so a simulation doubles as a load test of the HTTP path.
 
 Routes: ``GET /v1/models``, ``POST /v1/chat/completions`` (``n`` choices, usage as chars/4; a
 simulated failure is an HTTP 500). Run it in a thread (:class:`SimulatedServer`), or as its own
 process so that the client's CPU time is the orchestrator's alone (:class:`SimulatedServerProcess`,
-or ``python -m nsed.agents.simulated_server --quick-n 1000 --quick-seed 0``).
+or ``python -m nsed.simulation.server --quick-n 1000 --quick-seed 0``).
 """
 
 from __future__ import annotations
@@ -20,14 +21,12 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
 from types import TracebackType
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -41,7 +40,7 @@ from nsed.agents.simulated import (
     parse_sim_url,
 )
 from nsed.errors import BackendError, ConfigError, NsedError
-from nsed.server.background import bind_listening_socket
+from nsed.serving import ThreadedServer, serve_in_thread
 
 PORT_LINE = "NSED_SIM_SERVER_PORT="
 
@@ -98,13 +97,16 @@ def create_app(
         n = body.get("n") or 1
         if not isinstance(n, int) or not 1 <= n <= 256:
             return _error(400, "n must be an integer from 1 to 256")
+        seed = body.get("seed")
+        if seed is not None and not isinstance(seed, int):
+            return _error(400, "seed must be an integer")
         messages = [
             {"role": str(m.get("role", "")), "content": _text_of(m.get("content"))}
             for m in body["messages"]
             if isinstance(m, dict)
         ]
         try:
-            reply = agent.respond(messages, n=n)
+            reply = agent.respond(messages, n=n, seed=seed)
         except BackendError as exc:
             return _error(400, str(exc))
         if reply.latency_s > 0:
@@ -141,19 +143,14 @@ def create_app(
     )
 
 
-def _uvicorn(app: Starlette) -> uvicorn.Server:
-    config = uvicorn.Config(
-        app,
-        loop="asyncio",
-        http="h11",
-        lifespan="off",
-        log_level="warning",
-        access_log=False,
-        timeout_keep_alive=30,
-        timeout_graceful_shutdown=1,
-        backlog=2048,
-    )
-    return uvicorn.Server(config)
+# uvicorn.Config for the simulated endpoint: many short keep-alive requests, no lifespan.
+_UVICORN_OPTIONS: dict[str, object] = {
+    "loop": "asyncio",
+    "http": "h11",
+    "lifespan": "off",
+    "timeout_keep_alive": 30,
+    "timeout_graceful_shutdown": 1,
+}
 
 
 class SimulatedServer:
@@ -169,40 +166,30 @@ class SimulatedServer:
         self.host = host
         self.port = 0
         self._app = create_app(world, profiles)
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._sock: socket.socket | None = None
+        self._server: ThreadedServer | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
 
     def start(self, timeout_s: float = 10.0) -> SimulatedServer:
-        sock = bind_listening_socket(self.host, 0)
-        self._sock, self.port = sock, int(sock.getsockname()[1])
-        server = self._server = _uvicorn(self._app)
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(server.serve(sockets=[sock])),
-            name=f"nsed-sim-server-{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise BackendError(f"the simulated server on port {self.port} did not start")
-            time.sleep(0.005)
+        try:
+            self._server = serve_in_thread(
+                self._app,
+                host=self.host,
+                name="nsed-sim-server",
+                timeout_s=timeout_s,
+                **_UVICORN_OPTIONS,
+            )
+        except RuntimeError as exc:
+            raise BackendError(f"the simulated server did not start: {exc}") from None
+        self.port = self._server.port
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(10.0)
-        if self._sock is not None:
-            self._sock.close()
-        self._server = self._thread = self._sock = None
+            self._server.stop()
+        self._server = None
 
     def __enter__(self) -> SimulatedServer:
         return self.start()
@@ -231,7 +218,7 @@ class SimulatedServerProcess:
 
     def start(self, timeout_s: float = 30.0) -> SimulatedServerProcess:
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "nsed.agents.simulated_server", *self._args],
+            [sys.executable, "-m", "nsed.simulation.server", *self._args],
             stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -288,18 +275,13 @@ def main(argv: list[str] | None = None) -> int:
     except NsedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    sock = bind_listening_socket(args.host, args.port)
-    server = _uvicorn(create_app(world))
-
-    async def serve() -> None:
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started and not task.done():
-            await asyncio.sleep(0.005)
-        print(f"{PORT_LINE}{sock.getsockname()[1]}", flush=True)
-        await task
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
+    app = create_app(world)
+    server = serve_in_thread(
+        app, host=args.host, port=args.port, name="nsed-sim-server", **_UVICORN_OPTIONS
+    )
+    print(f"{PORT_LINE}{server.port}", flush=True)
+    with contextlib.suppress(KeyboardInterrupt), server:
+        server.wait()
     return 0
 
 

@@ -8,7 +8,7 @@ Two scenarios, each solved ``--repeats`` times (default 20) on a fixed random ca
 Prints the median and p90 of the whole ``select_team`` call (model building, solving, the
 rejection explanations) and of the solver alone (``TeamSelection.solve_s``).
 
-    python benchmarks/broker_ilp.py [--repeats 20] [--solver auto|highs|cbc]
+    python perf/broker_ilp.py [--repeats 20] [--solver auto|highs|cbc]
 """
 
 from __future__ import annotations
