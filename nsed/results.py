@@ -43,6 +43,8 @@ class Proposal(BaseModel):
     answer: str
     final: str | None = None
     parse_error: str | None = Field(default=None, description="what could not be parsed, if any")
+    finish_reason: str | None = Field(default=None, description="as the backend reported it")
+    truncated: bool = Field(default=False, description="cut at max_tokens: not a complete answer")
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float = 0.0

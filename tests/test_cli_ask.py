@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -141,19 +143,19 @@ def test_every_command_takes_verbose_and_log_level():
 def test_warnings_reach_stderr_by_default_and_log_level_silences_them(team_file, scripted_server):
     scripted_server.set_models(["some-other-model"])  # preflight warns: our ids are not listed
     args = ["ask", "What is 17 * 23?", "--team", str(team_file), "--rounds", "1", "--json"]
-    done = nsed(*args)
+    done = run_nsed(*args)
     assert done.returncode == 0, done.stderr
     assert "is not listed by" in done.stderr
     json.loads(done.stdout)  # stdout stays pure JSON
-    quiet = nsed(*args, "--log-level", "error")
+    quiet = run_nsed(*args, "--log-level", "error")
     assert quiet.returncode == 0 and "is not listed by" not in quiet.stderr
     # -v before the command name lowers the level to INFO: the round-by-round log appears.
-    chatty = nsed("-v", *args)
+    chatty = run_nsed("-v", *args)
     assert chatty.returncode == 0 and "INFO" in chatty.stderr
 
 
 def test_unknown_log_level_is_one_error_line(team_file):
-    done = nsed("ask", "hi", "--team", str(team_file), "--log-level", "loud")
+    done = run_nsed("ask", "hi", "--team", str(team_file), "--log-level", "loud")
     assert done.returncode == 1
     assert done.stderr.strip() == (
         "error: unknown log level 'loud': use one of debug, info, warning, error, critical"

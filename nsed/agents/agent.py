@@ -70,6 +70,8 @@ class Agent:
             answer=parsed.answer,
             final=parsed.final,
             parse_error=parsed.error,
+            finish_reason=completion.finish_reason,
+            truncated=completion.truncated,
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,
             latency_s=completion.latency_s,

@@ -39,11 +39,17 @@ MAX_RETRY_AFTER_S = 30.0
 
 
 class Completion(BaseModel):
-    """One successful chat completion, with its accounting."""
+    """One successful chat completion, with its accounting.
+
+    ``text`` is what the model answered (its content); ``reasoning`` is a reasoning model's
+    separate thinking channel, kept apart so it never reaches reviewers unless a team asks.
+    """
 
     text: str
     texts: list[str] = []
+    reasoning: str = ""
     finish_reason: str | None = None
+    reasoning_tokens: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
@@ -51,6 +57,11 @@ class Completion(BaseModel):
     retries: int = 0
     usage_estimated: bool = False
     model: str = ""
+
+    @property
+    def truncated(self) -> bool:
+        """The reply was cut at ``max_tokens`` (or the context end): it is not complete."""
+        return self.finish_reason == "length"
 
 
 @runtime_checkable

@@ -140,7 +140,7 @@ THREADS_ENV = "NSED_LOCAL_THREADS"
 def _default_threads() -> int:
     """One core is left to the orchestrator, up to 8 threads for the server.
 
-    Measured on 2 cores (``benchmarks/local_default.md``): with ``-t 2`` llama.cpp's threads
+    Measured on 2 cores (``perf/local_default.md``): with ``-t 2`` llama.cpp's threads
     wait on each other at every barrier as soon as anything else runs, and 100 tokens fell
     from ~150 to ~10 tok/s; ``-t 1`` held ~90 tok/s idle or loaded. A deliberation always has
     something else running (the orchestrator, the embedder), so a 2-core machine gets 1 thread.
@@ -701,7 +701,7 @@ def default_local_team(server: LocalServer, n_agents: int = 3, max_tokens: int =
             seed=seed,
             max_tokens=max_tokens,
             # A 135M model loops ("1.1.1.2.2.2…") without it: 12 of 24 replies looped at 0,
-            # none at 0.5 (benchmarks/local_default.md).
+            # none at 0.5 (perf/local_default.md).
             frequency_penalty=0.5,
             structured="json_schema",
             max_concurrency=server.config.parallel,
