@@ -30,6 +30,7 @@ from nsed.orchestrator.events import (
     AgentFailed,
     AgentPromoted,
     AgentReleased,
+    AgentReweighted,
     AgentSignedOn,
     Event,
     Finished,
@@ -187,6 +188,10 @@ def _show_event(console: Console, event: Event) -> None:
     elif isinstance(event, AgentPromoted | AgentReleased):
         verb = "promoted" if isinstance(event, AgentPromoted) else "released"
         console.print(f"{verb} {escape(event.agent)}: {escape(event.reason)}")
+    elif isinstance(event, AgentReweighted):
+        console.print(
+            f"{escape(event.agent)} votes at weight {event.weight:g}: {escape(event.reason)}"
+        )
 
 
 def _show_result(console: Console, result: Deliberation) -> None:
@@ -226,8 +231,15 @@ def ask(
     ] = None,
     rounds: Annotated[int | None, typer.Option(help="maximum number of rounds")] = None,
     min_rounds: Annotated[int | None, typer.Option(help="no early stop before this round")] = None,
-    kind: Annotated[str | None, typer.Option(help="math, code or text")] = None,
-    qv_mode: Annotated[str | None, typer.Option(help="budget_signed or sqrt_raw")] = None,
+    kind: Annotated[
+        str, typer.Option(help="auto (default: compare boxed/code/short answers), math, code, text")
+    ] = "auto",
+    protocol: Annotated[
+        str | None, typer.Option(help="protocol preset: v2 (default) or v1")
+    ] = None,
+    qv_mode: Annotated[
+        str | None, typer.Option(help="budget_capped (v2), budget_signed (v1) or sqrt_raw")
+    ] = None,
     budget_usd: Annotated[
         float | None,
         typer.Option(help="$ per question: stop when spent; with --catalog, the team's budget"),
@@ -243,6 +255,7 @@ def ask(
         "max_rounds": rounds,
         "min_rounds": min_rounds,
         "kind": kind,
+        "protocol": protocol,
         "qv_mode": qv_mode,
         "budget_usd": budget_usd,
         "budget_tokens": budget_tokens,
@@ -253,15 +266,16 @@ def ask(
     if min_rounds is not None and rounds is None:
         overrides["max_rounds"] = max(min_rounds, 4)
     council = Council(team, catalog=catalog, budget_usd=budget_usd, vram_gb=vram_gb)
+    checker = _statement_checker(question, kind)
     if json_output:
-        result = anyio.run(lambda: council.run(question, **overrides))
+        result = anyio.run(lambda: council.run(question, checker=checker, **overrides))
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
         return
     console = Console()
 
     async def watch() -> Deliberation | None:
         final = None
-        async for event in council.stream(question, **overrides):
+        async for event in council.stream(question, checker=checker, **overrides):
             _show_event(console, event)
             if isinstance(event, Finished):
                 final = event.deliberation
@@ -270,6 +284,18 @@ def ask(
     result = anyio.run(watch)
     if result is not None:
         _show_result(console, result)
+
+
+def _statement_checker(question: str, kind: str) -> Any:
+    """Execution feedback for ``nsed ask``: the sample tests written in a code task's statement
+    (None for other kinds, without samples, or without the bench extra's sandbox)."""
+    if kind not in ("code", "auto"):
+        return None
+    try:
+        from nsed.benchmarks.feedback import PublicTestChecker
+    except ModuleNotFoundError:  # pragma: no cover - the sandbox ships with the core package
+        return None
+    return PublicTestChecker.from_statement(question)
 
 
 VerboseOption = Annotated[

@@ -24,10 +24,16 @@ from pydantic import (
 
 from nsed.errors import ConfigError
 
-TaskKind = Literal["math", "code", "text"]
-TASK_KINDS: tuple[str, ...] = ("math", "code", "text")
+TaskKind = Literal["auto", "math", "code", "text"]
+TASK_KINDS: tuple[str, ...] = ("auto", "math", "code", "text")
 StructuredMode = Literal["json_schema", "json_object", "none"]
-QVMode = Literal["budget_signed", "sqrt_raw"]
+QVMode = Literal["budget_capped", "budget_signed", "sqrt_raw"]
+ProtocolVersion = Literal["v1", "v2"]
+Aggregation = Literal["answer", "proposal"]
+ConvictionMode = Literal["agreement", "share"]
+ProposalFormat = Literal["free", "json"]
+StoppingRule = Literal["marginal", "evidence"]
+PromptStyle = Literal["v1", "v2"]
 M = TypeVar("M", bound=BaseModel)
 
 # Personas used to make replicas of one endpoint (and the default local team) diverse.
@@ -187,20 +193,87 @@ class TeamSpec(TomlModel):
         return seats
 
 
+# What each protocol version decides, knob by knob. ``DeliberationConfig(protocol=...)`` fills
+# every knob the caller did not set from its version; an explicit value always wins. v1 is the
+# protocol as first built (kept so that v1 and v2 can be compared on the same problems); v2 is
+# the default, chosen by measurement against compute-matched voting (perf/simulate.md,
+# perf/protocol_v2.md).
+PROTOCOL_PRESETS: dict[str, dict[str, Any]] = {
+    "v1": {
+        "qv_mode": "budget_signed",
+        "support_prior": 0.0,
+        "conviction": "share",
+        "aggregation": "proposal",
+        "exploration": False,
+        "proposal_format": "json",
+        "stopping": "evidence",
+        "prompts": "v1",
+        "execution_feedback": False,
+    },
+    "v2": {
+        "qv_mode": "budget_capped",
+        "support_prior": 1.0,
+        "conviction": "agreement",
+        "aggregation": "answer",
+        "exploration": True,
+        "proposal_format": "free",
+        "stopping": "marginal",
+        "prompts": "v2",
+        "execution_feedback": True,
+    },
+}
+
+
 class DeliberationConfig(BaseModel):
     """How one deliberation runs. The defaults are the README's "Protocol defaults" table;
-    every value is overridable."""
+    every value is overridable.
+
+    ``protocol`` is a preset: it fills the knobs listed in :data:`PROTOCOL_PRESETS` that were
+    not given explicitly (``DeliberationConfig(protocol="v1", qv_mode="sqrt_raw")`` is v1 with
+    sqrt_raw votes). Which knobs were given is pydantic's ``model_fields_set``, so a config
+    dumped with ``exclude_unset=True`` and loaded again keeps following its preset.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: TaskKind = "text"
+    protocol: ProtocolVersion = Field(default="v2", description="preset for the knobs below")
+    kind: TaskKind = "auto"
     max_rounds: int = Field(default=4, ge=1, le=50)
     min_rounds: int = Field(default=2, ge=1, le=50)
-    qv_mode: QVMode = "budget_signed"
+    # --- protocol knobs (defaults: the v2 preset) ---------------------------------------------
+    qv_mode: QVMode = "budget_capped"
+    support_prior: float = Field(
+        default=1.0, ge=0, le=100, description="pseudo-reviews at 0 that shrink S toward 0"
+    )
+    conviction: ConvictionMode = Field(
+        default="agreement", description="agreement: mean raw score of the winner / 100"
+    )
+    aggregation: Aggregation = Field(
+        default="answer", description="answer: group all rounds' proposals by final answer"
+    )
+    fresh_vote: float = Field(
+        default=1.0, ge=0, le=100, description="answer mode: vote of an independent proposal"
+    )
+    exploration: bool = Field(
+        default=True, description="a proposal with negative support re-solves blind next round"
+    )
+    proposal_format: ProposalFormat = Field(
+        default="free", description="free text ending in \\boxed{} / a code block, or JSON"
+    )
+    stopping: StoppingRule = Field(
+        default="marginal", description="marginal: stop once U(r+1) - U(r) < round_cost"
+    )
+    prompts: PromptStyle = Field(default="v2", description="wording of the prompts and state")
+    execution_feedback: bool = Field(
+        default=True, description="code: run candidates on the public tests before review"
+    )
+    round_cost: float = Field(
+        default=0.02, gt=0, le=1, description="accuracy one more round must buy (marginal rule)"
+    )
     # Unanimity: stop when every final answer agrees with conviction >= threshold for N rounds.
     unanimity_conviction: float = Field(default=0.3, ge=-1, le=1)
     unanimity_rounds: int = Field(default=2, ge=1)
-    # Efficiency-fatigue rule: halt when accumulated evidence >= effort * positive budget.
+    # Stopping by the utility model U(t) (stopping = "marginal" or "evidence").
     fatigue_rule: bool = True
     effort: float = Field(default=0.6, ge=0, le=1)
     fatigue_p_g: float = Field(default=0.5, ge=0, le=1)
@@ -233,6 +306,14 @@ class DeliberationConfig(BaseModel):
             )
         if self.drop_threshold > self.keep_threshold:
             raise ValueError("drop_threshold must not exceed keep_threshold")
+        return self
+
+    @model_validator(mode="after")
+    def _apply_preset(self) -> DeliberationConfig:
+        # Written into __dict__ so the preset's values do not count as set by the caller.
+        for name, value in PROTOCOL_PRESETS[self.protocol].items():
+            if name not in self.model_fields_set:
+                self.__dict__[name] = value
         return self
 
     @classmethod

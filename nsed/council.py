@@ -34,6 +34,7 @@ from nsed.config import (
 )
 from nsed.errors import BackendUnreachable, ConfigError, InvalidQuestion, QuorumLost
 from nsed.orchestrator.events import Event
+from nsed.orchestrator.feedback import CandidateChecker
 from nsed.orchestrator.loop import EventSink, RoundHook, run_deliberation
 from nsed.orchestrator.similarity import get_embedder
 from nsed.results import Deliberation
@@ -104,7 +105,12 @@ def make_config(
     """Merge a config (model or dict) with keyword overrides, validating the result."""
     if overrides.get("kind") is not None and overrides["kind"] not in TASK_KINDS:
         raise ConfigError(f"unknown kind {overrides['kind']!r}: use one of {', '.join(TASK_KINDS)}")
-    base = config.model_dump() if isinstance(config, DeliberationConfig) else dict(config or {})
+    # exclude_unset: knobs the protocol preset filled follow a protocol override too.
+    base = (
+        config.model_dump(exclude_unset=True)
+        if isinstance(config, DeliberationConfig)
+        else dict(config or {})
+    )
     base.update({k: v for k, v in overrides.items() if v is not None})
     return validate_or_config_error(DeliberationConfig, base, "config")
 
@@ -126,6 +132,8 @@ def make_agent(seat: AgentSpec, backend: ChatBackend, config: DeliberationConfig
         max_rounds=config.max_rounds,
         max_tokens=config.max_tokens,
         context=config.system_context,
+        proposal_format=config.proposal_format,
+        prompt_style=config.prompts,
     )
 
 
@@ -213,20 +221,23 @@ class Council:
         config: DeliberationConfig | dict[str, Any] | None = None,
         emit: EventSink | None = None,
         deliberation_id: str | None = None,
+        checker: CandidateChecker | None = None,
         **overrides: Any,
     ) -> Deliberation:
         """Deliberate on one question; ``overrides`` are DeliberationConfig fields.
 
         ``deliberation_id`` names the run (default: a fresh uuid) so a caller that announced an
         id before the run finished (the server) finds it in the result, the store and telemetry.
+        ``checker`` runs code candidates on public tests before review (execution feedback;
+        e.g. :class:`nsed.benchmarks.feedback.PublicTestChecker`).
         """
         cfg = make_config(config if config is not None else self.config, **overrides)
         question = validate_question(question, cfg)
         run = self._run if self.broker is None else self._run_brokered
         if self._pool is not None:
-            return await run(question, cfg, self._pool, emit, deliberation_id)
+            return await run(question, cfg, self._pool, emit, deliberation_id, checker)
         async with EndpointPool() as pool:
-            return await run(question, cfg, pool, emit, deliberation_id)
+            return await run(question, cfg, pool, emit, deliberation_id, checker)
 
     async def stream(
         self,
@@ -234,6 +245,7 @@ class Council:
         *,
         config: DeliberationConfig | dict[str, Any] | None = None,
         deliberation_id: str | None = None,
+        checker: CandidateChecker | None = None,
         **overrides: Any,
     ) -> AsyncIterator[Event]:
         """Deliberate and yield typed events as they happen; the last one is ``Finished``.
@@ -251,6 +263,7 @@ class Council:
                         config=config,
                         emit=send.send,
                         deliberation_id=deliberation_id,
+                        checker=checker,
                         **overrides,
                     )
                 except Exception as exc:  # re-raised below, outside the task group
@@ -274,9 +287,16 @@ class Council:
         pool: EndpointPool,
         emit: EventSink | None,
         deliberation_id: str | None = None,
+        checker: CandidateChecker | None = None,
     ) -> Deliberation:
         return await self._deliberate(
-            question, self.team.agents(), config, pool, emit, deliberation_id=deliberation_id
+            question,
+            self.team.agents(),
+            config,
+            pool,
+            emit,
+            deliberation_id=deliberation_id,
+            checker=checker,
         )
 
     async def _run_brokered(
@@ -286,6 +306,7 @@ class Council:
         pool: EndpointPool,
         emit: EventSink | None,
         deliberation_id: str | None = None,
+        checker: CandidateChecker | None = None,
     ) -> Deliberation:
         assert self.broker is not None
         plan = await self.broker.plan(
@@ -305,6 +326,7 @@ class Council:
                 vote_weights={**(self.vote_weights or {}), **plan.vote_weights},
                 on_round_end=plan.on_round_end,
                 deliberation_id=plan.deliberation_id,
+                checker=checker,
             )
         finally:
             self.broker.finish(plan, result)
@@ -321,6 +343,7 @@ class Council:
         vote_weights: dict[str, float] | None = None,
         on_round_end: RoundHook | None = None,
         deliberation_id: str | None = None,
+        checker: CandidateChecker | None = None,
     ) -> Deliberation:
         backends = {seat.name: make_backend(seat, pool) for seat in seats}
         live = await preflight(seats, backends)
@@ -335,6 +358,7 @@ class Council:
             vote_weights=self.vote_weights if vote_weights is None else vote_weights,
             on_round_end=on_round_end,
             deliberation_id=deliberation_id,
+            checker=checker,
         )
 
 

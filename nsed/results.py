@@ -45,6 +45,9 @@ class Proposal(BaseModel):
     parse_error: str | None = Field(default=None, description="what could not be parsed, if any")
     finish_reason: str | None = Field(default=None, description="as the backend reported it")
     truncated: bool = Field(default=False, description="cut at max_tokens: not a complete answer")
+    blind: bool = Field(
+        default=False, description="written without the council state (exploration re-solve)"
+    )
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float = 0.0
@@ -68,6 +71,38 @@ class Failure(BaseModel):
     phase: str
     error: str
     timeout: bool = Field(default=False, description="the call timed out (BackendTimeout)")
+
+
+class ExecutionCheck(BaseModel):
+    """A code candidate run on the problem's public sample tests before review."""
+
+    agent: str
+    passed: int = 0
+    total: int = 0
+    first_failure: str | None = Field(default=None, description="the first failing test, why")
+    error: str | None = Field(default=None, description="why the check itself could not run")
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.total > 0 and self.passed == self.total
+
+
+class AnswerSupport(BaseModel):
+    """One distinct final answer of a deliberation so far and the evidence for it
+    (answer-level aggregation, :mod:`nsed.orchestrator.aggregation`)."""
+
+    key: str = Field(description="the normalised answer proposals are grouped by")
+    final: str
+    support: float = Field(
+        description="Σ w·q over the counted reviews of its proposals + fresh_vote per fresh one"
+    )
+    fresh: int = Field(default=0, description="its proposals written without the state")
+    review_weight: float = Field(default=0.0, description="Σ reviewer weight of those reviews")
+    mean_score: float = Field(default=0.0, description="mean raw score of those reviews")
+    proposals: int = Field(default=0, description="proposals that carried it, all rounds")
+    first_round: int = 0
+    last_round: int = 0
+    eligible: bool = Field(default=True, description="False: no proposal may win with it")
 
 
 class RoundRecord(BaseModel):
@@ -94,6 +129,23 @@ class RoundRecord(BaseModel):
     failures: list[Failure] = Field(default_factory=list)
     agent_usage: dict[str, Usage] = Field(
         default_factory=dict, description="per agent: tokens, cost, calls, failed calls"
+    )
+    # Protocol v2 (optional: absent from v1 traces).
+    winner_round: int | None = Field(
+        default=None, description="round of the winning proposal, when an earlier round's"
+    )
+    winner_basis: str | None = Field(
+        default=None,
+        description="how the winner was chosen: answer, proposal, or a fallback without reviews",
+    )
+    answers: list[AnswerSupport] = Field(
+        default_factory=list, description="answer-level standings after this round, best first"
+    )
+    checks: list[ExecutionCheck] = Field(
+        default_factory=list, description="code candidates run on the public tests"
+    )
+    explorers: list[str] = Field(
+        default_factory=list, description="agents that re-solved blind this round"
     )
 
 

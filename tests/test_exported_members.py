@@ -30,6 +30,7 @@ PUBLIC = {
         "AgentFailed",
         "AgentPromoted",
         "AgentReleased",
+        "AgentReweighted",
         "AgentSignedOn",
         "Event",
         "Finished",

@@ -85,7 +85,7 @@ def brute_force(entries, kind, policy: BrokerPolicy, stats) -> float | None:
     ]
     if policy.roles is None:
         sizes = range(policy.min_team, policy.max_team + 1)
-        roles = [RoleSpec(name="deliberator")]
+        roles = [RoleSpec(name="deliberator", capability=kind)]  # the task kind is required
     else:
         sizes = range(sum(r.count for r in policy.roles), sum(r.count for r in policy.roles) + 1)
         roles = policy.roles
@@ -124,6 +124,8 @@ def assert_valid(selection: TeamSelection, entries, policy: BrokerPolicy, stats)
         caps = {r.name: r.capability for r in policy.roles}
         for c in selection.team:
             assert by_name[c.name].has(caps[c.role])
+    else:  # no roles: every seat needs the task kind as a capability
+        assert all(m.has(selection.kind) for m in team)
     # Every candidate is either chosen or rejected with a reason.
     assert sorted(selection.names() + [r.name for r in selection.rejected]) == sorted(by_name)
     assert all(r.reason for r in selection.rejected)
@@ -475,6 +477,24 @@ def test_capability_shortage():
     ]
 
 
+def test_the_task_kind_is_a_capability_without_roles():
+    # The case: no roles, kind math, and a code-only model with the best prior.
+    entries = [
+        entry("dune-coder", "dune", skill=0.99, caps=("code",)),
+        entry("b", "llama", caps=("math",)),
+        entry("c", "gemma", caps=("math",)),
+    ]
+    policy = BrokerPolicy(min_team=2, max_team=3)
+    math_team = select_team(entries, "math", policy)
+    assert math_team.names() == ["b", "c"]
+    assert reasons(math_team)["dune-coder"] == "lacks capability math for role deliberator"
+    # A role says otherwise: its capability is what counts.
+    anyone = BrokerPolicy(min_team=3, max_team=3, roles=[RoleSpec(name="any", count=3)])
+    assert sorted(select_team(entries, "math", anyone).names()) == ["b", "c", "dune-coder"]
+    # A question of unknown kind ("auto") needs no capability.
+    assert "dune-coder" in select_team(entries, "auto", policy).names()
+
+
 def test_too_few_eligible_models():
     entries = [entry("a"), entry("b", "llama", latency=9.0), entry("c", "gemma")]
     err = infeasible(
@@ -549,7 +569,7 @@ def test_bad_policy_is_config_error(kwargs, message):
 
 def test_bad_kind_and_duplicate_entries():
     entries = [entry("a"), entry("b", "llama"), entry("c", "gemma")]
-    with pytest.raises(ConfigError, match="unknown task kind 'poetry'; valid kinds are: math"):
+    with pytest.raises(ConfigError, match="unknown task kind 'poetry'; valid kinds are: auto, math"):
         select_team(entries, "poetry")
     with pytest.raises(ConfigError, match="repeated: a"):
         select_team([*entries, entry("a", "phi")], "math")

@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from nsed.agents import prompts
 from nsed.agents.backend import ChatBackend, Completion
-from nsed.agents.parsing import ParsedReviews, parse_proposal, parse_reviews
+from nsed.agents.parsing import (
+    ParsedProposal,
+    ParsedReviews,
+    complete_final,
+    parse_free_proposal,
+    parse_proposal,
+    parse_reviews,
+)
 from nsed.config import AgentSpec
 from nsed.results import Proposal
 
@@ -28,14 +35,23 @@ class Agent:
         max_rounds: int,
         max_tokens: int | None = None,
         context: str | None = None,
+        proposal_format: str = "free",
+        prompt_style: str = "v2",
     ) -> None:
         self.seat = seat
         self.name = seat.name
         self.backend = backend
         self.kind = kind
+        self.proposal_format = proposal_format
+        self.prompt_style = prompt_style
         self._max_tokens = seat.spec.max_tokens or max_tokens
         self._system = prompts.system_prompt(
-            persona=seat.persona, kind=kind, max_rounds=max_rounds, context=context
+            persona=seat.persona,
+            kind=kind,
+            max_rounds=max_rounds,
+            context=context,
+            style=prompt_style,
+            proposal_format=proposal_format,
         )
 
     def _messages(self, user: str, system: str | None = None) -> list[dict[str, str]]:
@@ -49,27 +65,46 @@ class Agent:
     async def propose(
         self, question: str, *, round_index: int, state_view: str | None
     ) -> tuple[Proposal, Completion]:
+        """One proposal; ``state_view`` None solves from scratch (round 1, or a blind re-solve)."""
+        free = self.proposal_format == "free"
         user = prompts.proposal_prompt(
-            round_index=round_index, question=question, state_view=state_view
+            round_index=round_index,
+            question=question,
+            state_view=state_view,
+            style=self.prompt_style,
+            proposal_format=self.proposal_format,
+            kind=self.kind,
         )
         completion = await self.backend.complete(
             self._messages(user),
             temperature=self.seat.temperature,
             max_tokens=self._max_tokens,
             seed=self._seed(round_index, 0),
-            schema=prompts.proposal_schema(),
+            schema=None if free else prompts.proposal_schema(),
             schema_name=prompts.PROPOSAL_SCHEMA_NAME,
         )
-        return self._proposal(completion), completion
+        return self._proposal(completion, free=free), completion
 
-    def _proposal(self, completion: Completion) -> Proposal:
-        parsed = parse_proposal(completion.text, self.kind)  # type: ignore[arg-type]
+    def _parse(self, text: str, *, free: bool) -> ParsedProposal:
+        kind = self.kind  # one of parsing.AnswerKind, checked by DeliberationConfig
+        if free:
+            return parse_free_proposal(text, kind)  # type: ignore[arg-type]
+        return parse_proposal(text, kind)  # type: ignore[arg-type]
+
+    def _proposal(self, completion: Completion, *, free: bool = False) -> Proposal:
+        parsed = self._parse(completion.text, free=free)
+        final, error = parsed.final, parsed.error
+        if completion.truncated:
+            # Cut off by max_tokens: only a final whose end is certain counts.
+            final = complete_final(parsed.answer, self.kind)  # type: ignore[arg-type]
+            note = "cut off at the length limit" + ("" if final else "; no complete final")
+            error = f"{error}; {note}" if error else note
         return Proposal(
             agent=self.name,
             reasoning=parsed.reasoning,
             answer=parsed.answer,
-            final=parsed.final,
-            parse_error=parsed.error,
+            final=final,
+            parse_error=error,
             finish_reason=completion.finish_reason,
             truncated=completion.truncated,
             prompt_tokens=completion.prompt_tokens,
@@ -117,13 +152,14 @@ class Agent:
             own_answer=own_answer,
             own_label=own_label,
             candidates=candidates,
+            style=self.prompt_style,
         )
         completion = await self.backend.complete(
             self._messages(user),
             temperature=self.seat.temperature,
             max_tokens=self._max_tokens,
             seed=self._seed(round_index, 1),
-            schema=prompts.review_schema(labels),
+            schema=prompts.review_schema(labels, critique_first=self.prompt_style != "v1"),
             schema_name=prompts.REVIEW_SCHEMA_NAME,
         )
         known = [*labels, own_label] if own_label else labels

@@ -27,8 +27,8 @@ from pydantic import BaseModel, Field
 
 from nsed.errors import ConfigError
 
-AnswerKind = Literal["math", "code", "text"]
-_KINDS = ("math", "code", "text")
+AnswerKind = Literal["auto", "math", "code", "text"]
+_KINDS = ("auto", "math", "code", "text")
 
 
 # --- Results ----------------------------------------------------------------------------------
@@ -79,7 +79,9 @@ class ParsedReviews(BaseModel):
 
 def _check_kind(kind: str) -> AnswerKind:
     if kind not in _KINDS:
-        raise ConfigError(f"answer kind must be one of 'math', 'code', 'text'; got {kind!r}")
+        raise ConfigError(
+            f"answer kind must be one of 'auto', 'math', 'code', 'text'; got {kind!r}"
+        )
     return kind  # type: ignore[return-value]
 
 
@@ -637,11 +639,35 @@ def _text_final(text: str) -> str | None:
     return None
 
 
+def _auto_final(text: str) -> str | None:
+    """kind "auto": a ``\\boxed{}``, else a fenced code block, else a short direct answer."""
+    boxed = _last_boxed(_restore_latex(text).replace("\u2212", "-"))
+    if boxed is not None:
+        return boxed
+    if _CODE_FENCE.search(text):
+        code = _code_final(text)
+        if code is not None:
+            return code
+    phrases = _answer_phrases(text)
+    line = phrases[0] if phrases else next((x.strip() for x in text.splitlines() if x.strip()), "")
+    if not line:
+        return None
+    sentence = _SENTENCE_END.split(line, maxsplit=1)[0].strip()
+    if not _WORD.search(sentence) and "=" in sentence:  # "17 * 23 = 391": the result
+        return sentence.rsplit("=", 1)[1].strip() or None
+    token = _math_token(line)
+    if token and not _WORD.search(token):
+        return token
+    return sentence[:200] or None
+
+
 def extract_final(text: str, kind: AnswerKind) -> str | None:
     """The checkable final answer in ``text``, normalised with :func:`normalize_final`.
 
     math: the last ``\\boxed{}``, else "answer is X", else the last number; code: the last fenced
-    block (python first); text: "answer is X", else the first non-empty line (200 chars).
+    block (python first); text: "answer is X", else the first non-empty line (200 chars);
+    auto: a ``\\boxed{}``, else a fenced code block, else the direct answer ("answer is X" or
+    the first line, cut at the end of its first clause; a number when it states one).
     """
     kind = _check_kind(kind)
     if not text or not text.strip():
@@ -650,11 +676,55 @@ def extract_final(text: str, kind: AnswerKind) -> str | None:
         raw = _math_final(text)
     elif kind == "code":
         raw = _code_final(text)
+    elif kind == "auto":
+        raw = _auto_final(text)
     else:
         raw = _text_final(text)
     if raw is None:
         return None
     return normalize_final(raw, kind) or None
+
+
+def complete_final(text: str, kind: AnswerKind) -> str | None:
+    """The final answer only where its end is certain: what a reply cut off by ``max_tokens``
+    may still be credited with.
+
+    math and auto: a closed ``\\boxed{}``; code (and auto without a box): a closed fenced block;
+    text (and auto): a direct-answer line that a newline ends. Anything else may be cut
+    mid-token ("39" of "391"), so it is None.
+    """
+    kind = _check_kind(kind)
+    if not text or not text.strip():
+        return None
+    raw: str | None = None
+    if kind in ("math", "auto"):
+        raw = _last_boxed(_restore_latex(text).replace("\u2212", "-"))
+    if raw is None and kind in ("code", "auto"):
+        closed = [m for m in _CODE_FENCE.finditer(text) if m.group(3) == "```"]
+        if closed:
+            raw = _code_final(text[: closed[-1].end()])
+    if raw is None and kind in ("text", "auto") and "\n" in text.strip():
+        head = text.strip().split("\n", 1)[0]
+        raw = _text_final(head) if kind == "text" else _auto_final(head)
+    if raw is None:
+        return None
+    return normalize_final(raw, kind) or None
+
+
+def answer_key(final: str | None, kind: AnswerKind) -> str | None:
+    """What two finals must share to count as the same answer (grouping, unanimity).
+
+    The normal form of :func:`normalize_final`; text answers are also compared without case.
+    """
+    if final is None or not final.strip():
+        return None
+    kind = _check_kind(kind)
+    norm = normalize_final(final, kind)
+    if not norm:
+        return None
+    if kind == "text" or (kind == "auto" and _auto_kind(norm) == "text"):
+        return norm.casefold()
+    return norm
 
 
 def _canonical_number(s: str) -> str:
@@ -707,15 +777,27 @@ def _normalize_math(s: str) -> str:
     return s
 
 
+def _auto_kind(s: str) -> AnswerKind:
+    """How an "auto" final is compared: code (several lines), math (no words), else text."""
+    if "\n" in s.strip() or s.lstrip().startswith("```"):
+        return "code"
+    if _BOXED.search(s) or not _WORD.search(_BOXED.sub("", s)):
+        return "math"
+    return "text"
+
+
 def normalize_final(s: str, kind: AnswerKind) -> str:
     """A canonical form of a final answer, so that equal answers compare equal.
 
     math: no ``$``/``\\text{}``/spaces/thousands separators/trailing period, ``\\dfrac`` ->
     ``\\frac``, integer fractions as ``a/b``, canonical numbers ("070" -> "70", "12.0" -> "12");
     code: dedented, outer blank lines stripped; text: whitespace collapsed, no trailing period
-    (case kept).
+    (case kept); auto: as code when it spans lines, as math when it has no words (a number, a
+    formula, a ``\\boxed{}``), else as text.
     """
     kind = _check_kind(kind)
+    if kind == "auto":
+        kind = _auto_kind(s)
     if kind == "code":
         return textwrap.dedent(s.replace("\r\n", "\n")).strip("\n").rstrip()
     step = _normalize_math if kind == "math" else _normalize_text
@@ -809,18 +891,18 @@ def parse_proposal(text: str, kind: AnswerKind) -> ParsedProposal:
     """
     kind = _check_kind(kind)
     found, error = _find_all(text)
-    math_text = kind == "math"
+    math_text = kind in ("math", "auto")
     for candidate in found:
         obj = _proposal_dict(candidate.value)
         if obj is None:
             continue
         _, reasoning_value = _pick(obj, _REASONING_KEYS)
-        answer_key, answer_value = _pick(obj, _ANSWER_KEYS)
+        answer_alias, answer_value = _pick(obj, _ANSWER_KEYS)
         reasoning = _restore_latex(_as_text(reasoning_value), math_text=math_text)
         answer = _restore_latex(_as_text(answer_value), math_text=math_text)
         notes: list[str] = []
         answer_cut = isinstance(answer_value, _Cut)
-        if answer_key is None or not answer.strip():
+        if answer_alias is None or not answer.strip():
             if not reasoning.strip():
                 continue
             answer, reasoning = reasoning, ""
@@ -841,6 +923,62 @@ def parse_proposal(text: str, kind: AnswerKind) -> ParsedProposal:
         final=_final_of(body, "", kind, answer_cut=False),
         error=f"{reason}; the whole reply is used as the answer",
     )
+
+
+_FREE_MARKERS: dict[str, tuple[re.Pattern[str], ...]] = {
+    "math": (_BOXED, _ANSWER_IS),
+    "code": (_CODE_FENCE,),
+    "text": (_ANSWER_IS,),
+    "auto": (_BOXED, _CODE_FENCE, _ANSWER_IS),
+}
+
+
+def _final_marker(text: str, kind: AnswerKind) -> int | None:
+    """Where the final answer starts: the last ``\\boxed{}`` / code fence / "answer is"."""
+    for pattern in _FREE_MARKERS[kind]:
+        matches = list(pattern.finditer(text))
+        if kind in ("code", "auto") and pattern is _CODE_FENCE:
+            python = [m for m in matches if m.group(1).lower() in _PYTHON_TAGS]
+            matches = python or matches
+        if matches:
+            return matches[-1].start()
+    return None
+
+
+def _is_json_reply(text: str) -> bool:
+    body = text.strip()
+    return body.startswith("{") or bool(re.match(r"```(?:json)?\s*\{", body))
+
+
+def parse_free_proposal(text: str, kind: AnswerKind) -> ParsedProposal:
+    """A free-text proposal: the work, then the final answer (``\\boxed{}``, a fenced code
+    block, or "The answer is ...").
+
+    ``answer`` is the paragraph where the final answer starts, to the end; ``reasoning`` is
+    what comes before it. A model that answers in JSON anyway is parsed as JSON
+    (:func:`parse_proposal`). ``error`` says when no final-answer marker was found (the final,
+    if any, then comes from the fallbacks of :func:`extract_final`).
+    """
+    kind = _check_kind(kind)
+    body = _restore_latex(text.strip(), math_text=kind in ("math", "auto"))
+    if not body:
+        return ParsedProposal(answer="", error="empty reply")
+    if _is_json_reply(body):
+        parsed = parse_proposal(body, kind)
+        if parsed.error is None or "no answer field" in parsed.error:
+            return parsed
+    marker = _final_marker(body, kind)
+    if marker is None:
+        return ParsedProposal(
+            answer=body,
+            final=_final_of(body, "", kind, answer_cut=False),
+            error="no final-answer marker (\\boxed{}, code block or 'The answer is')",
+        )
+    start = body.rfind("\n\n", 0, marker)
+    start = 0 if start < 0 else start + 2
+    reasoning, answer = body[:start].strip(), body[start:].strip()
+    final = _final_of(answer, reasoning, kind, answer_cut=False)
+    return ParsedProposal(reasoning=reasoning, answer=answer, final=final)
 
 
 # --- Reviews ----------------------------------------------------------------------------------
@@ -1032,9 +1170,12 @@ __all__ = [
     "ParsedProposal",
     "ParsedReviews",
     "ReviewItem",
+    "answer_key",
+    "complete_final",
     "extract_final",
     "extract_json",
     "normalize_final",
+    "parse_free_proposal",
     "parse_proposal",
     "parse_reviews",
 ]

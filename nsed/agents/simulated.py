@@ -19,7 +19,11 @@ contract of :mod:`nsed.agents.prompts`, and answers in the requested JSON:
   share their errors, which independent draws would hide from a majority vote. A request's
   ``seed`` makes another independent draw, as with a real model: choice ``j`` of a request
   with seed ``s`` is its own sample (the vote baseline draws each sample with a fresh seed),
-  and a request without a seed gives the same proposals as before seeds were read.
+  and a request without a seed gives the same proposals as before seeds were read. A prompt
+  without a council state view (round 1, or a later round's blind re-solve) is answered as a
+  fresh proposal: a new draw, right with probability p_g. The proposal comes as the JSON the
+  request's schema asks for, or, when no schema is sent (free-form proposals), as plain text
+  ending in ``The answer is \\boxed{X}.``: the same final either way.
 * ``[Round R · Reviewing]``: every ``=== Candidate X ===`` block's final is extracted with the
   real parser and graded; with probability ``p_v`` the score lands on the right side (positive
   for a correct candidate, negative for a wrong one), its magnitude drawn from
@@ -336,9 +340,18 @@ class SimulatedAgent:
         return final is not None and final == _gold(problem.answer)
 
     def respond(
-        self, messages: list[dict[str, str]], *, n: int = 1, seed: int | None = None
+        self,
+        messages: list[dict[str, str]],
+        *,
+        n: int = 1,
+        seed: int | None = None,
+        structured: bool = True,
     ) -> SimReply:
-        """Answer a chat request built by :mod:`nsed.agents.prompts` (``n`` choices)."""
+        """Answer a chat request built by :mod:`nsed.agents.prompts` (``n`` choices).
+
+        ``structured``: the request asked for JSON (a schema / ``response_format``); without
+        it a proposal is written as plain text, as a model would.
+        """
         user = next(
             (str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user"),
             "",
@@ -368,7 +381,10 @@ class SimulatedAgent:
             latency = p.latency_ms / 1000.0 * math.exp(p.latency_sigma * meta.gauss(0.0, 1.0))
         if phase == "Proposing":
             draws = [j if seed is None else f"{seed}:{j}" for j in range(max(1, n))]
-            texts = [self._proposal(problem, round_index, user, draw) for draw in draws]
+            texts = [
+                self._proposal(problem, round_index, user, draw, structured=structured)
+                for draw in draws
+            ]
         else:
             texts = [self._reviews(problem, round_index, user)]
         prompt_chars = sum(len(str(m.get("content") or "")) for m in messages)
@@ -446,14 +462,21 @@ class SimulatedAgent:
             size += len(step) + 1
         return " ".join(words)
 
-    def _proposal(self, problem: Problem, round_index: int, view: str, sample: int | str) -> str:
+    def _proposal(
+        self,
+        problem: Problem,
+        round_index: int,
+        view: str,
+        sample: int | str,
+        *,
+        structured: bool = True,
+    ) -> str:
         final = self.propose_final(problem, round_index, view, sample)
-        return json.dumps(
-            {
-                "reasoning": self._reasoning(problem, round_index, sample),
-                "answer": f"The answer is \\boxed{{{final}}}.",
-            }
-        )
+        reasoning = self._reasoning(problem, round_index, sample)
+        answer = f"The answer is \\boxed{{{final}}}."
+        if not structured:
+            return f"{reasoning}\n\n{answer}"
+        return json.dumps({"reasoning": reasoning, "answer": answer})
 
     # --- reviewing ---------------------------------------------------------------------------
 
@@ -530,7 +553,7 @@ class SimulatedBackend:
     ) -> Completion:
         if seed is None and self._spec is not None:
             seed = self._spec.seed  # what HTTPBackend sends, so both transports agree
-        reply = self.agent.respond(messages, n=n, seed=seed)
+        reply = self.agent.respond(messages, n=n, seed=seed, structured=schema is not None)
         if reply.latency_s > 0:
             await anyio.sleep(reply.latency_s)
         else:

@@ -38,6 +38,7 @@ from pydantic import BaseModel, Field
 from nsed.agents.agent import Agent
 from nsed.agents.backend import ChatBackend, Completion, EndpointPool
 from nsed.agents.parsing import normalize_final
+from nsed.benchmarks.feedback import PublicTestChecker
 from nsed.config import AgentSpec, DeliberationConfig, TeamSpec
 from nsed.council import Council, make_agent, make_backend, preflight
 from nsed.errors import ConfigError, NsedError
@@ -216,8 +217,10 @@ class BenchTeam:
 
 
 async def deliberate_problem(team: BenchTeam, problem: Problem) -> Deliberation:
-    """One full deliberation on ``problem``: ``Council.run``, as ``deliberate()`` does it."""
-    return await team.council.run(problem.prompt, config=team.config_for(problem))
+    """One full deliberation on ``problem``: ``Council.run``, as ``deliberate()`` does it,
+    with execution feedback on the problem's public tests for code."""
+    checker = PublicTestChecker.from_problem(problem)
+    return await team.council.run(problem.prompt, config=team.config_for(problem), checker=checker)
 
 
 def round_one_tokens(result: Deliberation) -> dict[str, int]:

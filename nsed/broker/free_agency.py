@@ -4,13 +4,18 @@ After the RLFA idea (research notes §2.4): a council should not keep paying a m
 losing the vote or whose endpoint keeps failing, and should limit the risk of a newcomer.
 
 * **Bench.** At each round boundary every seated model's evidence is updated. A model is
-  benched when its rolling QV support (the last ``window`` rounds, at least ``min_rounds`` of
-  them) falls below ``support_threshold``, when ``failure_strikes`` of its calls in a row failed,
-  or (checked before a question, once ``min_graded`` graded deliberations are known) when its
+  benched when ``failure_strikes`` of its calls in a row failed (timeouts included), or
+  (checked before a question, once ``min_graded`` graded deliberations are known) when its
   rolling accuracy falls below ``accuracy_threshold``. Each bench is a strike; the cooldown is
   ``base_cooldown_s · 2^(strikes−1)``, capped at ``max_cooldown_s``. One good round (its calls
   succeeded and its support reached the threshold) resets the strikes. ``benched_until`` is
   stored, so the next question's team selection excludes the model until it expires.
+* **Low support only lowers a vote.** Peer support is not correctness: the agent that is right
+  against a wrong majority has low support exactly when it matters most, so benching on it
+  would remove the correct dissenter. When a model's rolling QV support (the last ``window``
+  rounds, at least ``min_rounds`` of them) falls below ``support_threshold``, its votes count
+  at ``low_support_weight`` for the rest of the deliberation (an ``AgentReweighted`` event);
+  its proposals still compete in full, and its weight comes back once its support does.
 * **Replace.** The seat is re-filled at once (the next round uses it) by the best free agent:
   the catalog model not seated and not benched with the highest knapsack value that keeps the
   seat's role capability, the family cap, the $ and VRAM budgets and the latency SLO. With the
@@ -18,10 +23,12 @@ losing the vote or whose endpoint keeps failing, and should limit the risk of a 
   ``model_value``/``model_cost_usd``/``fits`` and its tie-break (cheaper, then by name).
 * **Probation.** A newcomer's votes count at ``probation_weight`` (via the run's
   ``vote_weights``) until it has played ``probation_rounds`` rounds; then it is promoted if its
-  mean support over them reached the threshold, or released (benched with a strike) otherwise.
+  mean support over them reached the threshold, or kept at ``low_support_weight`` otherwise.
+  A newcomer whose calls fail is released (benched with a strike).
 
 Every decision is emitted as an event (AgentBenched, AgentSignedOn, AgentPromoted,
-AgentReleased) and stored (a BrokerEventRow, and the AgentStatusRow of the model).
+AgentReleased, AgentReweighted) and stored (a BrokerEventRow, and the AgentStatusRow of the
+model; a reweighting lasts one deliberation and changes no status row).
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from nsed.broker.knapsack import (
     BrokerPolicy,
     ModelStats,
     fits,
+    kind_capability,
     model_cost_usd,
     model_value,
 )
@@ -54,6 +62,7 @@ from nsed.orchestrator.events import (
     AgentBenched,
     AgentPromoted,
     AgentReleased,
+    AgentReweighted,
     AgentSignedOn,
     Event,
 )
@@ -67,7 +76,7 @@ Clock = Callable[[], datetime]
 AgentFactory = Callable[[AgentSpec], Agent]
 EventSink = Callable[[Event], Awaitable[None]]
 Status = Literal["active", "benched", "probation", "released"]
-Decision = AgentBenched | AgentSignedOn | AgentPromoted | AgentReleased
+Decision = AgentBenched | AgentSignedOn | AgentPromoted | AgentReleased | AgentReweighted
 
 
 class FreeAgencyPolicy(BaseModel):
@@ -86,6 +95,9 @@ class FreeAgencyPolicy(BaseModel):
     max_cooldown_s: float = Field(default=1800.0, gt=0)
     probation_rounds: int = Field(default=2, ge=1)
     probation_weight: float = Field(default=0.5, ge=0, le=1, description="vote weight meanwhile")
+    low_support_weight: float = Field(
+        default=0.5, ge=0, le=1, description="vote weight while rolling support is low"
+    )
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -131,6 +143,9 @@ class SeatState(BaseModel):
     probation_rounds: int = 0
     recent_support: list[float] = Field(default_factory=list)
     recent_correct: list[bool] = Field(default_factory=list)
+    low_weight: bool = Field(
+        default=False, description="votes at low_support_weight (this deliberation; not stored)"
+    )
 
     def benched_at(self, now: datetime) -> bool:
         until = as_utc(self.benched_until)
@@ -167,17 +182,23 @@ class SeatState(BaseModel):
 
 
 class Verdict(BaseModel):
-    action: Literal["bench", "promote", "release"]
+    action: Literal["bench", "promote", "release", "reweight", "restore"]
     reason: str
 
 
 def judge_round(
-    state: SeatState, *, support: float | None, failed_calls: int, policy: FreeAgencyPolicy
+    state: SeatState,
+    *,
+    support: float | None,
+    failed_calls: int,
+    policy: FreeAgencyPolicy,
+    timeouts: int = 0,
 ) -> Verdict | None:
     """Fold one round's evidence into ``state``; return what to do with the model, if anything.
 
     ``support`` is its QV support this round (None if it did not propose), ``failed_calls`` how
-    many of its calls failed this round. Pure apart from updating ``state``.
+    many of its calls failed this round (``timeouts`` of them timed out). Failures bench (or
+    release a newcomer); low support only reweights. Pure apart from updating ``state``.
     """
     if state.status in ("benched", "released"):
         return None  # kept seated only to hold a quorum; nothing more to decide
@@ -191,7 +212,8 @@ def judge_round(
             state.strikes = 0  # one good round resets the strikes
     if state.fail_streak >= policy.failure_strikes:
         action = "release" if state.status == "probation" else "bench"
-        return Verdict(action=action, reason=f"{state.fail_streak} failed calls in a row")
+        detail = f" ({timeouts} timed out)" if timeouts else ""
+        return Verdict(action=action, reason=f"{state.fail_streak} failed calls in a row{detail}")
     threshold = policy.support_threshold
     if state.status == "probation":
         if support is not None:
@@ -203,14 +225,17 @@ def judge_round(
         detail = f"support {mean:+.2f} over {len(played)} probation rounds"
         if mean >= threshold:
             return Verdict(action="promote", reason=f"{detail} >= {threshold:+.2f}")
-        return Verdict(action="release", reason=f"{detail} < {threshold:+.2f}")
+        return Verdict(action="reweight", reason=f"{detail} < {threshold:+.2f}")
     if len(state.recent_support) >= policy.min_rounds:
         mean = math.fsum(state.recent_support) / len(state.recent_support)
-        if mean < threshold:
+        window = f"over the last {len(state.recent_support)} rounds"
+        if mean < threshold and not state.low_weight:
             return Verdict(
-                action="bench",
-                reason=f"rolling support {mean:+.2f} < {threshold:+.2f} over the last "
-                f"{len(state.recent_support)} rounds",
+                action="reweight", reason=f"rolling support {mean:+.2f} < {threshold:+.2f} {window}"
+            )
+        if mean >= threshold and state.low_weight:
+            return Verdict(
+                action="restore", reason=f"rolling support {mean:+.2f} >= {threshold:+.2f} {window}"
             )
     return None
 
@@ -311,6 +336,7 @@ class FreeAgency:
     async def on_round_end(self, run: DeliberationRun, record: RoundRecord, more: bool) -> None:
         """The loop's round hook: judge every seated model, then re-fill the vacated seats."""
         failed = Counter(f.agent for f in record.failures)
+        timed_out = Counter(f.agent for f in record.failures if f.timeout)
         proposed = {p.agent for p in record.proposals}
         leaving: list[Agent] = []
         for agent in list(run.agents):
@@ -321,7 +347,11 @@ class FreeAgency:
                 continue  # sat this round out (e.g. dead endpoint already out of the loop)
             self._dirty.add(model)
             verdict = judge_round(
-                state, support=support, failed_calls=failed[agent.name], policy=self.policy
+                state,
+                support=support,
+                failed_calls=failed[agent.name],
+                timeouts=timed_out[agent.name],
+                policy=self.policy,
             )
             if verdict is None:
                 continue
@@ -329,12 +359,34 @@ class FreeAgency:
                 state.status, state.probation_rounds = "active", 0
                 run.vote_weights.pop(agent.name, None)
                 await self._decide(AgentPromoted(agent=model, reason=verdict.reason), run.emit)
+            elif verdict.action in ("reweight", "restore"):
+                await self._reweight(run, agent, verdict, record.index)
             else:
                 await self._bench(model, verdict, round_index=record.index, emit=run.emit)
                 leaving.append(agent)
         if more:
             for agent in leaving:
                 await self._refill(run, agent, record.index)
+
+    async def _reweight(
+        self, run: DeliberationRun, agent: Agent, verdict: Verdict, round_index: int
+    ) -> None:
+        """Lower (or restore) the vote weight of a seated agent; its proposals compete as ever."""
+        state = self.state(agent.seat.spec.name)
+        low = verdict.action == "reweight"
+        if state.status == "probation":
+            state.status, state.probation_rounds = "active", 0
+        state.low_weight = low
+        if low:
+            weight = self.policy.low_support_weight
+            run.vote_weights[agent.name] = weight
+        else:
+            weight = 1.0
+            run.vote_weights.pop(agent.name, None)
+        event = AgentReweighted(
+            agent=state.model, weight=weight, reason=verdict.reason, round=round_index
+        )
+        await self._decide(event, run.emit)
 
     async def _bench(
         self, model: str, verdict: Verdict, *, round_index: int | None, emit: EventSink | None
@@ -438,7 +490,7 @@ class FreeAgency:
 
     def _capability(self, role: str | None) -> str | None:
         if role is None or role == DEFAULT_ROLE:
-            return None
+            return kind_capability(self.kind)  # no role: the task kind is the capability
         for spec in self.broker_policy.roles or self.catalog.roles:
             if spec.name == role:
                 return spec.capability

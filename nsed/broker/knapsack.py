@@ -8,7 +8,9 @@ binds candidate ``m`` to a role, and we
                Σ vram_gb_m · x ≤ vram_gb                 (self-hosted models only, if set)
                each role filled (exactly ``count`` times, or min_team..max_team for the
                default single role "deliberator"); one role per model; at most
-               max_per_family models per family; capability required by the role;
+               max_per_family models per family; capability required by the role (with
+               no roles, the task kind is the capability every seat needs: a math question
+               is not given to a code-only model; kind "auto" needs none);
                latency ≤ SLO and benched models excluded (both as pre-filters).
 
 ``value_m = skill × success_ratio × (1 − load_discount · load)`` where skill is the learned
@@ -50,6 +52,7 @@ from nsed.config import format_validation_error
 from nsed.errors import ConfigError, InfeasibleTeam
 
 DEFAULT_ROLE = "deliberator"
+AUTO_KIND = "auto"  # a question of unknown kind: no capability needed, valued at "text" skill
 TIE_TOLERANCE = 1e-9
 CAP_RTOL = 1e-9
 _MAX_RESOLVES = 20
@@ -224,7 +227,10 @@ def smoothed_skill(
     entry: CatalogEntry, kind: str, stats: ModelStats | None, policy: BrokerPolicy
 ) -> float:
     """Learned skill shrunk towards the prior: (w·prior + n·learned) / (w + n)."""
-    prior = entry.prior_skill.get(kind, policy.default_prior)
+    prior = entry.prior_skill.get(kind)
+    if prior is None and kind == AUTO_KIND:
+        prior = entry.prior_skill.get("text")
+    prior = policy.default_prior if prior is None else prior
     if stats is None or kind not in stats.skill:
         return prior
     n = stats.n_obs.get(kind, 0)
@@ -289,10 +295,17 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _role_plan(policy: BrokerPolicy, catalog_roles: Sequence[RoleSpec]) -> list[_Role]:
+def kind_capability(kind: str) -> str | None:
+    """The capability a seat needs for a task of ``kind`` when no role says otherwise."""
+    return None if kind == AUTO_KIND else kind
+
+
+def _role_plan(
+    policy: BrokerPolicy, catalog_roles: Sequence[RoleSpec], kind: str
+) -> list[_Role]:
     roles = policy.roles if policy.roles is not None else (list(catalog_roles) or None)
     if roles is None:
-        return [_Role(DEFAULT_ROLE, None, policy.min_team, policy.max_team)]
+        return [_Role(DEFAULT_ROLE, kind_capability(kind), policy.min_team, policy.max_team)]
     try:
         _check_roles(roles, policy.min_team, policy.max_team)
     except ValueError as exc:
@@ -500,10 +513,10 @@ def select_team(
     policy = policy or BrokerPolicy()
     stats = stats or {}
     try:
-        kind = check_capability(kind)
+        kind = AUTO_KIND if kind.strip().lower() == AUTO_KIND else check_capability(kind)
     except ConfigError:
         raise ConfigError(
-            f"unknown task kind {kind!r}; valid kinds are: {', '.join(CAPABILITIES)}"
+            f"unknown task kind {kind!r}; valid kinds are: {AUTO_KIND}, {', '.join(CAPABILITIES)}"
         ) from None
     if isinstance(catalog_entries, Catalog):
         entries, catalog_roles = list(catalog_entries.models), catalog_entries.roles
@@ -515,7 +528,7 @@ def select_team(
     repeated = sorted(n for n, k in Counter(names).items() if k > 1)
     if repeated:
         raise ConfigError(f"catalog model names must be unique; repeated: {', '.join(repeated)}")
-    roles = _role_plan(policy, catalog_roles)
+    roles = _role_plan(policy, catalog_roles, kind)
     solver = _solver_name(policy.solver)
 
     cands = [_candidate(e, kind, stats.get(e.name), policy, roles) for e in entries]
@@ -859,6 +872,7 @@ def explain_table(selection: TeamSelection) -> list[dict[str, Any]]:
 
 
 __all__ = [
+    "AUTO_KIND",
     "DEFAULT_ROLE",
     "BrokerPolicy",
     "Chosen",
@@ -867,6 +881,7 @@ __all__ = [
     "TeamSelection",
     "explain_table",
     "fits",
+    "kind_capability",
     "model_cost_usd",
     "model_value",
     "select_team",

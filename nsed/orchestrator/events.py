@@ -68,6 +68,16 @@ class AgentPromoted(BaseModel):
     reason: str = ""
 
 
+class AgentReweighted(BaseModel):
+    """Free agency changed how much an agent's votes count (low support lowers, never benches)."""
+
+    type: Literal["agent_reweighted"] = "agent_reweighted"
+    agent: str
+    weight: float
+    reason: str = ""
+    round: int | None = None
+
+
 class AgentReleased(BaseModel):
     type: Literal["agent_released"] = "agent_released"
     agent: str
@@ -89,6 +99,7 @@ Event = Annotated[
     | AgentSignedOn
     | AgentPromoted
     | AgentReleased
+    | AgentReweighted
     | Finished,
     Field(discriminator="type"),
 ]

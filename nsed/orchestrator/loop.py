@@ -5,10 +5,19 @@ slowest call of each phase, not the sum. The orchestrator, not the agents, enfor
 protocol's guarantees: reviewers see candidates under labels re-shuffled per reviewer and per
 round, with agent and model names redacted; a score a reviewer gives its own proposal is dropped
 whatever the reviewer does; scores are clipped to [-100, 100]; an unparseable review is dropped
-and recorded, never guessed. An agent whose call fails is skipped for that phase; an agent that
-fails twice in a row is out for the rest of the deliberation. When fewer than two agents are
-left, ``QuorumLost`` is raised if no round has completed, otherwise the deliberation ends with
-the last completed round's winner (``stopped_because = "quorum_lost"``).
+and recorded, never guessed; a review cut off at the length limit abstains for every candidate
+it did not finish (recorded as dropped, reason ``truncated``). An agent whose call fails is
+skipped for that phase; an agent that fails the same phase twice in a row (proposing, or
+reviewing) is out for the rest of the deliberation, even if its other phase works. When fewer
+than two agents are left, ``QuorumLost`` is raised if no round has completed, otherwise the
+deliberation ends with the last completed round's winner (``stopped_because = "quorum_lost"``).
+
+Protocol v2 (see ``DeliberationConfig`` and the README's "Protocol defaults"): with
+``exploration`` an agent whose proposal had negative support re-solves blind next round (no
+carried state, a round-1 prompt); with ``aggregation = "answer"`` the winning answer is the one
+the reviews of all rounds support best (:mod:`nsed.orchestrator.aggregation`) and the answer is
+the best-supported current proposal carrying it; for code, a :class:`CandidateChecker` runs
+every candidate on the public tests before review (:mod:`nsed.orchestrator.feedback`).
 
 An optional ``on_round_end`` hook runs at every round boundary, after the round is scored; it
 may change the seats for the next round (``seat``/``unseat``) and ``vote_weights``. This is how
@@ -18,6 +27,7 @@ free agency benches an agent and signs on a replacement mid-deliberation.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
 import string
@@ -29,10 +39,11 @@ import anyio
 
 from nsed.agents.agent import Agent
 from nsed.agents.backend import Completion
-from nsed.agents.parsing import normalize_final
+from nsed.agents.parsing import answer_key, extract_final
 from nsed.config import DeliberationConfig
 from nsed.errors import BackendTimeout, ConfigError, NsedError, QuorumLost
 from nsed.orchestrator import forget_gate
+from nsed.orchestrator.aggregation import RoundBallots, carrier, tally_answers
 from nsed.orchestrator.events import (
     AgentFailed,
     Event,
@@ -42,12 +53,20 @@ from nsed.orchestrator.events import (
     RoundScored,
     RoundStarted,
 )
+from nsed.orchestrator.feedback import CandidateChecker, describe
 from nsed.orchestrator.similarity import Embedder
-from nsed.orchestrator.stopping import EvidenceTracker, FatigueParams, StopInputs, should_stop
-from nsed.orchestrator.voting import quadratic_vote
+from nsed.orchestrator.stopping import (
+    EvidenceTracker,
+    FatigueParams,
+    StopInputs,
+    UnanimityStreak,
+    should_stop,
+)
+from nsed.orchestrator.voting import Vote, agreement, quadratic_vote, review_votes
 from nsed.results import (
     AgentInfo,
     Deliberation,
+    ExecutionCheck,
     Failure,
     Proposal,
     Review,
@@ -62,6 +81,8 @@ EventSink = Callable[[Event], Awaitable[None]]
 RoundHook = Callable[["DeliberationRun", RoundRecord, bool], Awaitable[None]]
 MAX_CONSECUTIVE_FAILURES = 2
 SCORE_LIMIT = 100.0
+_PHASES = ("propose", "review")
+_ANY = "any"  # consecutive failed calls of an agent, whatever the phase
 
 
 async def _no_sink(event: Event) -> None:
@@ -74,7 +95,11 @@ def _labels(n: int) -> list[str]:
 
 
 class _Redactor:
-    """Removes agent and model names from text shown to reviewers."""
+    """Removes agent and model names from text shown to other agents (reviews, state views).
+
+    Names match as whole words only: an agent named ``phi`` leaves ``\\phi`` and ``graphics``
+    alone.
+    """
 
     def __init__(self, agents: list[Agent]) -> None:
         words = set()
@@ -83,12 +108,9 @@ class _Redactor:
             words.add(agent.seat.spec.name)
             words.add(agent.seat.spec.model)
         words = {w for w in words if len(w) >= 3}
+        alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
         self._pattern = (
-            re.compile(
-                "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)), re.IGNORECASE
-            )
-            if words
-            else None
+            re.compile(rf"(?<![\w\\])(?:{alternatives})(?!\w)", re.IGNORECASE) if words else None
         )
 
     def __call__(self, text: str) -> str:
@@ -109,6 +131,7 @@ class DeliberationRun:
         vote_weights: dict[str, float] | None = None,
         deliberation_id: str | None = None,
         on_round_end: RoundHook | None = None,
+        checker: CandidateChecker | None = None,
     ) -> None:
         self.question = question
         self.agents = list(agents)
@@ -118,26 +141,37 @@ class DeliberationRun:
         self.emit = emit or _no_sink
         self.vote_weights = dict(vote_weights or {})  # a copy: the hook may change it
         self.on_round_end = on_round_end
+        self.checker = checker
         self.id = deliberation_id or uuid.uuid4().hex
         self.usage = Usage()
         self.rounds: list[RoundRecord] = []
         self.state = forget_gate.ConsensusState()
-        self._failures: dict[str, int] = {a.name: 0 for a in agents}
+        # Consecutive failures per (agent, phase) and per (agent, any phase): an agent is out
+        # once one phase failed twice in a row (a success in the other phase does not reset
+        # it), or twice in a row whatever the phase.
+        self._failures: dict[tuple[str, str], int] = {}
         self._rng = random.Random(config.seed) if config.seed is not None else random.Random()
         self._redact = _Redactor(agents)
-        self._evidence = EvidenceTracker(
-            FatigueParams(
-                p_g=config.fatigue_p_g,
-                p_v=config.fatigue_p_v,
-                lam=config.fatigue_lambda,
-                beta=config.fatigue_beta,
-            )
+        self._params = FatigueParams(
+            p_g=config.fatigue_p_g,
+            p_v=config.fatigue_p_v,
+            lam=config.fatigue_lambda,
+            beta=config.fatigue_beta,
         )
+        self._evidence = EvidenceTracker(self._params)
+        self._ballots: list[RoundBallots] = []
+        self._explore: set[str] = set()  # agents that re-solve blind next round
+        self._leader: Proposal | None = None  # the current answer's proposal
 
     # --- bookkeeping ----------------------------------------------------------------------
 
     def live_agents(self) -> list[Agent]:
-        return [a for a in self.agents if self._failures[a.name] < MAX_CONSECUTIVE_FAILURES]
+        return [
+            a
+            for a in self.agents
+            if max(self._failures.get((a.name, p), 0) for p in (*_PHASES, _ANY))
+            < MAX_CONSECUTIVE_FAILURES
+        ]
 
     def seat(self, agent: Agent, *, replaces: str | None = None) -> None:
         """Give ``agent`` a seat from the next round on, in ``replaces``' seat if named."""
@@ -148,7 +182,8 @@ class DeliberationRun:
             self.agents[names.index(replaces)] = agent
         else:
             self.agents.append(agent)
-        self._failures[agent.name] = 0
+        for phase in (*_PHASES, _ANY):
+            self._failures[(agent.name, phase)] = 0
         if all(a.name != agent.name for a in self.seated):
             self.seated.append(agent)
         self._redact = _Redactor(self.seated)
@@ -176,8 +211,13 @@ class DeliberationRun:
             )
         )
 
+    def _succeed(self, agent: Agent, phase: str) -> None:
+        self._failures[(agent.name, phase)] = 0
+        self._failures[(agent.name, _ANY)] = 0
+
     async def _fail(self, agent: Agent, phase: str, exc: Exception, record: RoundRecord) -> None:
-        self._failures[agent.name] += 1
+        for key in ((agent.name, phase), (agent.name, _ANY)):
+            self._failures[key] = self._failures.get(key, 0) + 1
         self.usage.failed_calls += 1
         error = str(exc) or type(exc).__name__
         record.failures.append(
@@ -203,13 +243,21 @@ class DeliberationRun:
                 live_agents=[a.name for a in live],
             )
 
+    def _key(self, final: str | None) -> str | None:
+        return answer_key(final, self.config.kind)  # type: ignore[arg-type]
+
     # --- phases -----------------------------------------------------------------------------
 
     async def _propose(self, record: RoundRecord) -> dict[str, Proposal]:
         proposals: dict[str, Proposal] = {}
+        blind = set(self._explore)
 
         async def one(agent: Agent) -> None:
-            view = forget_gate.render_view(self.state, agent.name, self.config)
+            explore = agent.name in blind
+            view = None
+            if not explore:
+                view = forget_gate.render_view(self.state, agent.name, self.config)
+                view = self._redact(view) if view else view
             try:
                 proposal, completion = await agent.propose(
                     self.question, round_index=record.index, state_view=view
@@ -217,31 +265,71 @@ class DeliberationRun:
             except NsedError as exc:
                 await self._fail(agent, "propose", exc, record)
                 return
-            self._failures[agent.name] = 0
+            self._succeed(agent, "propose")
             self._account(agent, completion, record)
+            if explore:
+                proposal.blind = True
             proposals[agent.name] = proposal
             await self.emit(ProposalReceived(round=record.index, proposal=proposal))
 
         async with anyio.create_task_group() as tg:
             for agent in self.live_agents():
                 tg.start_soon(one, agent)
+        record.explorers = [a.name for a in self.agents if a.name in blind and a.name in proposals]
         # Keep the agents' order, not the arrival order, so results are reproducible.
         return {a.name: proposals[a.name] for a in self.agents if a.name in proposals}
 
-    def _candidate_text(self, proposal: Proposal) -> str:
+    async def _check(self, record: RoundRecord, proposals: dict[str, Proposal]) -> None:
+        """Execution feedback: run every code candidate on the public tests, before review."""
+        checker = self.checker
+        if checker is None or not self.config.execution_feedback:
+            return
+        results: dict[str, ExecutionCheck] = {}
+
+        async def one(name: str, proposal: Proposal) -> None:
+            code = proposal.final if self.config.kind == "code" else None
+            if code is None and self.config.kind == "auto":
+                code = extract_final(proposal.answer, "code") if "```" in proposal.answer else None
+            if not code:
+                if self.config.kind == "code":
+                    results[name] = ExecutionCheck(agent=name, first_failure="no code found")
+                return
+            try:
+                outcome = await checker.check(name, code)
+            except Exception as exc:  # the checker is user code: record, never crash the run
+                outcome = ExecutionCheck(agent=name, error=f"{type(exc).__name__}: {exc}")
+            if outcome is not None:
+                results[name] = outcome.model_copy(update={"agent": name})
+
+        async with anyio.create_task_group() as tg:
+            for name, proposal in proposals.items():
+                tg.start_soon(one, name, proposal)
+        record.checks = [results[name] for name in proposals if name in results]
+
+    def _candidate_text(self, proposal: Proposal, check: ExecutionCheck | None) -> str:
         limit = self.config.candidate_chars
+        v2 = self.config.prompts != "v1"
+        clip = forget_gate.clip_middle if v2 else _clip_head
         answer = proposal.answer.strip()
         reasoning = proposal.reasoning.strip()
-        room = max(0, limit - len(answer) - 40)
+        notes = []
+        if proposal.truncated:
+            notes.append("(This proposal was cut off at the length limit: it is incomplete.)")
+        if check is not None:
+            notes.append(describe(check))
+        room = max(0, limit - len(answer) - 40 - sum(len(n) + 1 for n in notes))
         parts = []
         if reasoning and room > 80:
-            clipped = reasoning if len(reasoning) <= room else reasoning[:room] + "…"
-            parts.append(f"Reasoning:\n{clipped}")
-        parts.append(f"Answer:\n{answer[:limit]}")
+            parts.append(f"Reasoning:\n{clip(reasoning, room)}")
+        parts.append(f"Answer:\n{clip(answer, limit) if v2 else answer[:limit]}")
+        parts += notes
         return self._redact("\n".join(parts))
 
-    async def _review(self, record: RoundRecord, proposals: dict[str, Proposal]) -> None:
-        texts = {name: self._candidate_text(p) for name, p in proposals.items()}
+    async def _review(self, record: RoundRecord, proposals: dict[str, Proposal]) -> set[str]:
+        """Every live agent reviews the others; returns the reviewers whose reply was cut off."""
+        checks = {c.agent: c for c in record.checks}
+        texts = {name: self._candidate_text(p, checks.get(name)) for name, p in proposals.items()}
+        partial: set[str] = set()
 
         async def one(agent: Agent) -> None:
             # A fresh random labelling of all proposals for this reviewer and round.
@@ -268,9 +356,10 @@ class DeliberationRun:
             except NsedError as exc:
                 await self._fail(agent, "review", exc, record)
                 return
-            self._failures[agent.name] = 0
+            self._succeed(agent, "review")
             self._account(agent, completion, record)
             reviews = []
+            finished: set[str] = set()
             for item in parsed.items:
                 author = author_of.get(item.candidate)
                 review = Review(
@@ -288,9 +377,14 @@ class DeliberationRun:
                 elif abs(item.score) > SCORE_LIMIT:
                     review.score = max(-SCORE_LIMIT, min(SCORE_LIMIT, item.score))
                     review.clipped = True
+                if review.dropped_reason is None and author is not None:
+                    finished.add(author)
                 reviews.append(review)
+            cut = completion.truncated
             for dropped in parsed.dropped:
                 author = author_of.get(dropped.candidate) if dropped.candidate else None
+                if cut and (author is None or author not in finished):
+                    continue  # recorded below as truncated
                 reviews.append(
                     Review(
                         reviewer=agent.name,
@@ -299,6 +393,20 @@ class DeliberationRun:
                         dropped_reason=dropped.reason,
                     )
                 )
+            if cut:
+                # Cut off by max_tokens: an abstention for every candidate it did not finish.
+                partial.add(agent.name)
+                for label, _ in candidates:
+                    author = author_of[label]
+                    if author not in finished:
+                        reviews.append(
+                            Review(
+                                reviewer=agent.name,
+                                candidate=author,
+                                score=None,
+                                dropped_reason="truncated",
+                            )
+                        )
             record.reviews.extend(reviews)
             await self.emit(
                 ReviewReceived(round=record.index, reviewer=agent.name, reviews=reviews)
@@ -309,40 +417,166 @@ class DeliberationRun:
                 tg.start_soon(one, agent)
         order = {a.name: i for i, a in enumerate(self.agents)}
         record.reviews.sort(key=lambda r: order.get(r.reviewer, 0))
+        return partial
 
-    def _score(self, record: RoundRecord, proposals: dict[str, Proposal]) -> None:
+    def _eligible(self, record: RoundRecord, proposals: dict[str, Proposal]) -> set[str]:
+        """Proposals that may win: complete (not cut off) and, for code with public tests,
+        passing them. Callers fall back to all when none is eligible."""
+        checks = {c.agent: c for c in record.checks if c.error is None and c.total > 0}
+        return {
+            name
+            for name, p in proposals.items()
+            if not p.truncated and (name not in checks or checks[name].ok)
+        }
+
+    def _score(
+        self, record: RoundRecord, proposals: dict[str, Proposal], partial: set[str]
+    ) -> Proposal | None:
+        """Vote, aggregate and fill the round's statistics; returns the winning proposal."""
+        cfg = self.config
         scores: dict[str, dict[str, float]] = {}
         for review in record.reviews:
             if review.dropped_reason is None and review.candidate and review.score is not None:
                 scores.setdefault(review.reviewer, {})[review.candidate] = review.score
         incumbent = self.rounds[-1].winner if self.rounds else None
+        weights = self.vote_weights or None
+        eligible = self._eligible(record, proposals)
         vote = quadratic_vote(
             scores,
             list(proposals),
-            mode=self.config.qv_mode,
+            mode=cfg.qv_mode,
             incumbent=incumbent,
-            weights=self.vote_weights or None,
+            weights=weights,
+            prior=cfg.support_prior,
+            conviction=cfg.conviction,
+            eligible=eligible,
+            partial=partial,
+        )
+        votes = review_votes(
+            scores, list(proposals), mode=cfg.qv_mode, weights=weights, partial=partial
         )
         record.support = vote.support
         record.net_support = vote.support
         record.variance = vote.variance
         record.mean_score = vote.mean_score
-        record.winner = vote.winner
-        record.conviction = vote.conviction
-        if vote.winner:
-            record.winner_final = proposals[vote.winner].final
-        finals = [
-            normalize_final(p.final, self.config.kind) if p.final else None
-            for p in proposals.values()
-        ]
-        record.unanimous = len(finals) >= 2 and None not in finals and len(set(finals)) == 1
+        keys = {name: self._key(p.final) for name, p in proposals.items()}
+        self._ballots.append(
+            RoundBallots(
+                round=record.index,
+                answers=keys,
+                finals={name: p.final for name, p in proposals.items()},
+                votes=votes,
+                eligible=sorted(eligible),
+                fresh=[n for n, p in proposals.items() if p.blind or record.index == 1],
+            )
+        )
+        winner: Proposal | None = None
+        if cfg.aggregation == "answer" and any(k is not None for k in keys.values()):
+            winner = self._answer_winner(record, proposals, votes)
+        if winner is None:
+            winner = self._proposal_winner(record, proposals, vote.winner, incumbent)
+            if vote.winner is not None:
+                record.conviction = vote.conviction
+        record.winner = winner.agent if winner else None
+        record.winner_final = winner.final if winner else None
+        current = [keys[name] for name in proposals]
+        record.unanimous = len(current) >= 2 and None not in current and len(set(current)) == 1
+        self._explore = self._explorers(record, proposals) if cfg.exploration else set()
+        return winner
+
+    def _answer_winner(
+        self, record: RoundRecord, proposals: dict[str, Proposal], votes: dict[str, list[Vote]]
+    ) -> Proposal | None:
+        incumbent_key = self._key(self._leader.final) if self._leader else None
+        tally = tally_answers(
+            self._ballots, incumbent=incumbent_key, fresh_vote=self.config.fresh_vote
+        )
+        record.answers = tally.answers
+        key = tally.winner
+        record.winner_basis = "answer"
+        if key is None:  # no counted review at all: the answer most proposals reached
+            standings = sorted(
+                tally.answers, key=lambda a: (-a.proposals, -a.last_round, a.first_round)
+            )
+            if not standings:
+                return None
+            key = standings[0].key
+            record.winner_basis = "plurality (no counted reviews)"
+        support = {
+            b.round: record.support if b.round == record.index else self._support_of(b.round)
+            for b in self._ballots
+        }
+        found = carrier(key, self._ballots, support)
+        if found is None:
+            return None
+        round_index, agent = found
+        if round_index == record.index:
+            proposal = proposals[agent]
+        else:
+            proposal = next(
+                p
+                for r in self.rounds
+                if r.index == round_index
+                for p in r.proposals
+                if p.agent == agent
+            )
+            record.winner_round = round_index
+        if self.config.conviction == "agreement":
+            current = [
+                v for name, k in self._ballots[-1].answers.items() if k == key
+                for v in votes.get(name, [])
+            ]
+            record.conviction = agreement(current)
+        else:
+            total = math.fsum(abs(a.support) for a in tally.answers)
+            best = next(a.support for a in tally.answers if a.key == key)
+            record.conviction = max(-1.0, min(1.0, best / total)) if total > 0 else 0.0
+        return proposal
+
+    def _support_of(self, round_index: int) -> dict[str, float]:
+        return next((r.support for r in self.rounds if r.index == round_index), {})
+
+    def _proposal_winner(
+        self,
+        record: RoundRecord,
+        proposals: dict[str, Proposal],
+        voted: str | None,
+        incumbent: str | None,
+    ) -> Proposal | None:
+        record.winner_basis = "proposal"
+        if voted is not None:
+            return proposals[voted]
+        if not proposals:
+            return None
+        # Nothing was reviewed: keep the incumbent if it proposed, else the first proposal.
+        record.winner_basis = "order (no counted reviews)"
+        name = incumbent if incumbent in proposals else next(iter(proposals))
+        return proposals[name]
+
+    def _explorers(self, record: RoundRecord, proposals: dict[str, Proposal]) -> set[str]:
+        """Agents whose proposal the reviews rejected: they re-solve blind next round.
+
+        Negative support, or (``sqrt_raw``, where votes are never negative) a mean raw score
+        below 0; a proposal nobody reviewed is not rejected.
+        """
+        reviewed = {r.candidate for r in record.reviews if r.dropped_reason is None}
+        rejected = set()
+        for name in proposals:
+            if name not in reviewed:
+                continue
+            if self.config.qv_mode == "sqrt_raw":
+                if record.mean_score.get(name, 0.0) < 0:
+                    rejected.add(name)
+            elif record.support.get(name, 0.0) < 0:
+                rejected.add(name)
+        return rejected
 
     # --- the loop -----------------------------------------------------------------------------
 
     async def run(self) -> Deliberation:
         started = time.perf_counter()
         stopped_because = "max_rounds"
-        unanimous_streak = 0
+        unanimity = UnanimityStreak(self.config.unanimity_conviction)
         for index in range(1, self.config.max_rounds + 1):
             record = RoundRecord(index=index)
             round_started = time.perf_counter()
@@ -367,12 +601,13 @@ class DeliberationRun:
                     )
                 stopped_because = "quorum_lost"
                 break
-            await self._review(record, proposals)
-            self._score(record, proposals)
+            await self._check(record, proposals)
+            partial = await self._review(record, proposals)
+            self._leader = self._score(record, proposals, partial)
             du_dt, evidence = self._evidence.add(index, record.conviction)
             record.du_dt, record.evidence = du_dt, evidence
             self.state = await anyio.to_thread.run_sync(
-                forget_gate.update, self.state, record, self.config, self.embedder
+                partial_update, self.state, record, self.config, self.embedder, self._leader
             )
             record.state_tokens = max(
                 (
@@ -393,22 +628,19 @@ class DeliberationRun:
                 record.wall_s,
             )
             await self.emit(RoundScored(round=index, record=record))
-            unanimous_streak = unanimous_streak + 1 if record.unanimous else 0
+            streak = unanimity.add(
+                unanimous=record.unanimous,
+                conviction=record.conviction,
+                key=self._key(record.winner_final),
+            )
             decision = should_stop(
-                StopInputs(
+                StopInputs.from_config(
+                    self.config,
                     round_index=index,
-                    min_rounds=self.config.min_rounds,
-                    max_rounds=self.config.max_rounds,
-                    unanimous_streak=unanimous_streak
-                    if record.conviction >= self.config.unanimity_conviction
-                    else 0,
-                    unanimity_rounds=self.config.unanimity_rounds,
-                    evidence_halt=self.config.fatigue_rule
-                    and self._evidence.should_halt(self.config.effort),
+                    unanimous_streak=streak,
+                    evidence=evidence,
                     tokens_used=self.usage.total_tokens,
-                    budget_tokens=self.config.budget_tokens,
                     cost_usd=self.usage.cost_usd,
-                    budget_usd=self.config.budget_usd,
                 )
             )
             if self.on_round_end is not None:
@@ -422,7 +654,9 @@ class DeliberationRun:
 
     def _result(self, stopped_because: str, wall_s: float) -> Deliberation:
         last = self.rounds[-1]
-        winner = next((p for p in last.proposals if p.agent == last.winner), None)
+        winner = self._leader
+        if winner is None or winner.agent != last.winner:
+            winner = next((p for p in last.proposals if p.agent == last.winner), None)
         return Deliberation(
             id=self.id,
             question=self.question,
@@ -448,6 +682,22 @@ class DeliberationRun:
         )
 
 
+def partial_update(
+    state: forget_gate.ConsensusState,
+    record: RoundRecord,
+    config: DeliberationConfig,
+    embedder: Embedder,
+    leader: Proposal | None,
+) -> forget_gate.ConsensusState:
+    """``forget_gate.update`` with the round's winning proposal (for a worker thread)."""
+    return forget_gate.update(state, record, config, embedder, leader=leader)
+
+
+def _clip_head(text: str, chars: int) -> str:
+    """v1's clipping: the head of ``text``."""
+    return text if len(text) <= chars else text[:chars] + "…"
+
+
 async def run_deliberation(
     question: str,
     agents: list[Agent],
@@ -458,6 +708,7 @@ async def run_deliberation(
     vote_weights: dict[str, float] | None = None,
     deliberation_id: str | None = None,
     on_round_end: RoundHook | None = None,
+    checker: CandidateChecker | None = None,
 ) -> Deliberation:
     """Run one deliberation and emit ``Finished`` with its result."""
     run = DeliberationRun(
@@ -469,6 +720,7 @@ async def run_deliberation(
         vote_weights=vote_weights,
         deliberation_id=deliberation_id,
         on_round_end=on_round_end,
+        checker=checker,
     )
     result = await run.run()
     await run.emit(Finished(deliberation=result))

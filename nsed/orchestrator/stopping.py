@@ -5,11 +5,20 @@ Pure functions, no I/O. The utility of deliberating t rounds is
     U(t) = 1 − (1 − p_g)·exp(−Λ(p_v − p_g)·t) − β·t²
 
 (signal extraction saturating towards 1, minus a quadratic fatigue penalty). With
-k = Λ(p_v − p_g) its maximum is at T_opt = W₀(k²(1 − p_g)/(2β))/k. Online, evidence
-Δe = max(conviction, 0)·U'(r) accumulates each round and the council halts once it reaches
-``effort`` times the positive budget B = U(T_opt) − U(0). The defaults are in the README's
-"Protocol defaults" table (``fatigue_rule``, ``effort``); ``perf/simulate.md`` fits U(t) to
-measured accuracy curves.
+k = Λ(p_v − p_g) its maximum is at T_opt = W₀(k²(1 − p_g)/(2β))/k. Two online rules use it:
+
+* ``marginal`` (protocol v2): stop after round r once the next round's expected gain
+  U(r+1) − U(r) is below ``round_cost``. For k ≥ 0 and β ≥ 0, U is concave, so the gain never
+  grows from one round to the next and tends to −∞ (β > 0) or to 0 (β = 0): with
+  ``round_cost`` > 0 the rule always fires, at the round :func:`marginal_stop_round` gives
+  (at most ⌈T_opt⌉ when β > 0);
+* ``evidence`` (v1, the SDK's rule): evidence Δe = max(conviction, 0)·U'(r) accumulates each
+  round and the council halts once it reaches ``effort`` times the positive budget
+  B = U(T_opt) − U(0). It rarely fires: E is a sum of U' at whole rounds while B is an
+  integral from 0, and past T_opt U' < 0 makes E fall exactly when fatigue starts.
+
+The defaults are in the README's "Protocol defaults" table; ``perf/simulate.md`` fits U(t) to
+measured accuracy curves and compares the rules with fixed rounds.
 
 scipy is used only by :func:`fit_fatigue` (offline fitting) and is imported there, so the
 deliberation loop never needs it; Lambert W is implemented here in pure Python.
@@ -29,7 +38,10 @@ if TYPE_CHECKING:
     from nsed.config import DeliberationConfig
 
 _INV_E = math.exp(-1.0)
-StopReason = Literal["max_rounds", "unanimous", "efficiency_fatigue", "budget_tokens", "budget_usd"]
+StopReason = Literal[
+    "max_rounds", "unanimous", "marginal_gain", "efficiency_fatigue", "budget_tokens", "budget_usd"
+]
+_MAX_SCHEDULE = 10_000  # rounds searched by marginal_stop_round (gains are ~0 long before)
 
 
 # --- The efficiency-fatigue model ---------------------------------------------------------------
@@ -158,6 +170,27 @@ def positive_budget(params: FatigueParams) -> float:
     if math.isinf(t_opt):
         return 1.0 - params.p_g
     return max(0.0, utility(t_opt, params) - utility(0.0, params))
+
+
+def marginal_gain(round_index: int, params: FatigueParams) -> float:
+    """U(r+1) − U(r): what one more round after round ``round_index`` is expected to add."""
+    return utility(round_index + 1, params) - utility(round_index, params)
+
+
+def marginal_stop_round(params: FatigueParams, round_cost: float) -> int:
+    """The first round r ≥ 1 after which one more round gains less than ``round_cost``.
+
+    With k ≤ 0 no round pays and the answer is 1. The search is bounded, and for
+    ``round_cost`` > 0 it always ends: the gains of a concave U fall to 0 or below.
+    """
+    if not (math.isfinite(round_cost) and round_cost > 0):
+        raise ConfigError(f"round_cost must be a finite number > 0, got {round_cost}")
+    if params.k <= 0:
+        return 1
+    for r in range(1, _MAX_SCHEDULE + 1):
+        if marginal_gain(r, params) < round_cost:
+            return r
+    return _MAX_SCHEDULE
 
 
 class EvidenceStep(NamedTuple):
@@ -314,6 +347,9 @@ class StopInputs(BaseModel):
     unanimous_streak: int = Field(default=0, ge=0)
     unanimity_rounds: int = Field(default=2, ge=1)
     evidence_halt: bool = Field(default=False, description="EvidenceTracker.should_halt(effort)")
+    marginal_halt: bool = Field(
+        default=False, description="U(r+1) - U(r) < round_cost (marginal_stop_round reached)"
+    )
     tokens_used: int = Field(default=0, ge=0)
     budget_tokens: int | None = Field(default=None, ge=1)
     cost_usd: float = Field(default=0.0, ge=0)
@@ -328,6 +364,59 @@ class StopInputs(BaseModel):
                 f"min_rounds ({self.min_rounds}) must not exceed max_rounds ({self.max_rounds})"
             )
         return self
+
+
+    @classmethod
+    def from_config(
+        cls,
+        config: DeliberationConfig,
+        *,
+        round_index: int,
+        unanimous_streak: int = 0,
+        evidence: float = 0.0,
+        tokens_used: int = 0,
+        cost_usd: float = 0.0,
+    ) -> StopInputs:
+        """The inputs after ``round_index`` under ``config``'s rules (``stopping``, budgets);
+        ``evidence`` is E(r) of the evidence rule (``EvidenceTracker``)."""
+        params = FatigueParams.from_config(config)
+        rule_on = config.fatigue_rule
+        return cls(
+            round_index=round_index,
+            min_rounds=config.min_rounds,
+            max_rounds=config.max_rounds,
+            unanimous_streak=unanimous_streak,
+            unanimity_rounds=config.unanimity_rounds,
+            evidence_halt=rule_on
+            and config.stopping == "evidence"
+            and evidence >= config.effort * positive_budget(params),
+            marginal_halt=rule_on
+            and config.stopping == "marginal"
+            and round_index >= marginal_stop_round(params, config.round_cost),
+            tokens_used=tokens_used,
+            budget_tokens=config.budget_tokens,
+            cost_usd=cost_usd,
+            budget_usd=config.budget_usd,
+        )
+
+
+class UnanimityStreak:
+    """Counts consecutive rounds in which every final answer was the same, with conviction at
+    least ``threshold`` in *each* of them, and the same answer as the round before."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self.streak = 0
+        self._key: str | None = None
+
+    def add(self, *, unanimous: bool, conviction: float, key: str | None) -> int:
+        """Record one round; returns the streak after it."""
+        if unanimous and key is not None and conviction >= self.threshold:
+            self.streak = self.streak + 1 if key == self._key else 1
+            self._key = key
+        else:
+            self.streak, self._key = 0, None
+        return self.streak
 
 
 class StopDecision(BaseModel):
@@ -348,7 +437,8 @@ def should_stop(inputs: StopInputs) -> StopDecision:
     2. max_rounds reached;
     3. fewer than min_rounds completed: never stop;
     4. unanimity: ``unanimous_streak`` ≥ ``unanimity_rounds``;
-    5. efficiency fatigue: ``evidence_halt`` (evidence ≥ effort·B, see EvidenceTracker).
+    5. marginal gain: ``marginal_halt`` (one more round is worth less than it costs);
+    6. efficiency fatigue: ``evidence_halt`` (evidence ≥ effort·B, see EvidenceTracker).
     """
     i = inputs
     if i.budget_tokens is not None and (
@@ -384,6 +474,12 @@ def should_stop(inputs: StopInputs) -> StopDecision:
             detail=f"all final answers agreed with enough conviction for {i.unanimous_streak} "
             "consecutive rounds",
         )
+    if i.marginal_halt:
+        return StopDecision(
+            stop=True,
+            reason="marginal_gain",
+            detail="one more round is expected to gain less than round_cost",
+        )
     if i.evidence_halt:
         return StopDecision(
             stop=True,
@@ -401,8 +497,11 @@ __all__ = [
     "StopDecision",
     "StopInputs",
     "StopReason",
+    "UnanimityStreak",
     "fit_fatigue",
     "lambert_w0",
+    "marginal_gain",
+    "marginal_stop_round",
     "marginal_utility",
     "optimal_rounds",
     "positive_budget",

@@ -51,10 +51,11 @@ class NsedOptions(BaseModel):
 
     rounds: int | None = Field(default=None, ge=1, le=50, description="max_rounds")
     min_rounds: int | None = Field(default=None, ge=1, le=50)
-    kind: Literal["math", "code", "text"] | None = None
+    kind: Literal["auto", "math", "code", "text"] | None = None
+    protocol: Literal["v1", "v2"] | None = None
     budget_usd: float | None = Field(default=None, ge=0)
     budget_tokens: int | None = Field(default=None, ge=1)
-    qv_mode: Literal["budget_signed", "sqrt_raw"] | None = None
+    qv_mode: Literal["budget_capped", "budget_signed", "sqrt_raw"] | None = None
     stream_events: bool = False
 
 
@@ -158,7 +159,7 @@ def parse_request(raw: bytes) -> ChatCompletionRequest:
         if first["type"] == "extra_forbidden":
             message += (
                 ' (unknown field; nsed options go under "nsed": rounds, min_rounds, kind, '
-                "budget_usd, budget_tokens, qv_mode, stream_events)"
+                "protocol, budget_usd, budget_tokens, qv_mode, stream_events)"
             )
         raise ApiError(400, message, param=param) from None
 

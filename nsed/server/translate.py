@@ -6,7 +6,8 @@
 * ``temperature`` / ``top_p`` replace every model's value (replicas keep their diversity
   offset, see ``TeamSpec.agents``); ``max_tokens`` / ``max_completion_tokens`` cap every agent
   call (proposals and reviews), not only the answer; ``seed`` seeds the label shuffling;
-* ``"nsed": {...}`` sets rounds, min_rounds, kind, budget_usd, budget_tokens and qv_mode;
+* ``"nsed": {...}`` sets rounds, min_rounds, kind, protocol, budget_usd, budget_tokens and
+  qv_mode;
 * ``stop`` is applied to the final answer text: it is cut before the first stop sequence.
 """
 
@@ -83,6 +84,7 @@ def deliberation_config(
         "max_rounds": opts.rounds,
         "min_rounds": opts.min_rounds,
         "kind": opts.kind,
+        "protocol": opts.protocol,
         "qv_mode": opts.qv_mode,
         "budget_usd": opts.budget_usd,
         "budget_tokens": opts.budget_tokens,

@@ -31,6 +31,7 @@ _SHORT = {
     "conf_vote": "conf vote",
     "vote": "vote",
     "nsed": "nsed",
+    "vote_auto": "vote@auto",
     "nsed_auto": "nsed auto",
 }
 
@@ -38,6 +39,7 @@ _SHORT = {
 @simulate_app.command()
 def simulate(
     problems: Annotated[int, typer.Option(help="quick-set problems per setting")] = 1000,
+    protocol: Annotated[str, typer.Option(help="protocol preset: v2 (default) or v1")] = "v2",
     agents: Annotated[int, typer.Option(help="team size")] = 3,
     p_g: Annotated[float, typer.Option("--p-g", help="P(a proposal is right)")] = 0.5,
     p_v: Annotated[float, typer.Option("--p-v", help="P(a score is on the right side)")] = 0.8,
@@ -51,11 +53,16 @@ def simulate(
         str, typer.Option(help="persona of the last seat: honest, self_promoter, ...")
     ] = "honest",
     rounds: Annotated[int, typer.Option(help="fixed rounds per deliberation")] = 6,
-    qv_mode: Annotated[str, typer.Option(help="budget_signed or sqrt_raw")] = "budget_signed",
+    qv_mode: Annotated[
+        str | None,
+        typer.Option(help="budget_capped, budget_signed or sqrt_raw (default: the protocol's)"),
+    ] = None,
     gamma: Annotated[float, typer.Option(help="forget-gate decay γ")] = 0.5,
     grid: Annotated[
         str | None,
-        typer.Option(help='settings to sweep, e.g. "p_g=0.3,0.5;p_v=0.6,0.8;agents=3,5"'),
+        typer.Option(
+            help='settings to sweep, e.g. "protocol=v1,v2;p_g=0.3,0.5;p_v=0.6,0.8;agents=3,5"'
+        ),
     ] = None,
     http: Annotated[
         bool, typer.Option("--http", help="serve the agents over HTTP (a load test)")
@@ -81,6 +88,7 @@ def simulate(
     base = validate_or_config_error(
         SimSetting,
         {
+            "protocol": protocol,
             "agents": agents,
             "p_g": p_g,
             "p_v": p_v,
@@ -173,6 +181,8 @@ def _print_report(report: SimulationReport, paths: list[Path]) -> None:
             extra = ""
             if m.method == "vote":
                 extra = f" (k={result.vote_k})"
+            elif m.method == "vote_auto":
+                extra = f" (k={result.vote_k_auto})"
             elif m.method == "nsed_auto" and m.rounds is not None:
                 extra = f" ({m.rounds:.1f}r)"
             cells.append(f"{m.accuracy:.3f}{extra}")

@@ -1,7 +1,7 @@
 """Simulation experiments: aggregation methods on simulated agents of known competence.
 
-For each setting of a grid (team size, p_g, p_v, revise, sycophancy, fatigue, correlation,
-adversary, rounds, qv_mode, γ) every problem of a quick set is deliberated by a team of
+For each setting of a grid (protocol, team size, p_g, p_v, revise, sycophancy, fatigue,
+correlation, adversary, rounds, qv_mode, γ) every problem of a quick set is deliberated by a team of
 simulated agents (:mod:`nsed.agents.simulated`) through the real
 :class:`~nsed.council.Council`, in-process or over HTTP (:mod:`nsed.simulation.server`).
 Deliberations run a fixed R rounds (``min_rounds = max_rounds = R``) so that the winner of
@@ -9,16 +9,19 @@ every round gives the accuracy curve.
 
 Methods, all graded against the gold answer:
 
-* ``nsed``: the deliberation's answer after R rounds; ``nsed_auto``: the answer the default
-  online stopping rules (min 2 rounds, unanimity, efficiency-fatigue evidence) would have
-  returned, replayed on the same rounds, with the mean rounds it used;
+* ``nsed``: the deliberation's answer after R rounds; ``nsed_auto``: the answer the
+  protocol's online stopping rules (min 2 rounds, unanimity, and the ``stopping`` rule of its
+  ``protocol``: v2 marginal gain, v1 efficiency-fatigue evidence) would have returned, replayed
+  on the same rounds (the rounds before a stop never depend on later ones), with the mean
+  rounds it used;
 * ``single``: the first seat's round-1 proposal (every honest seat has the same p_g);
 * ``vote``: compute-matched majority vote of k independent round-1 proposals, k = the
   deliberation's mean number of calls (``match="calls"``) or its mean completion tokens over
   the mean completion tokens of one proposal (``match="tokens"``). It is the benchmark's own
   vote baseline (:func:`nsed.benchmarks.methods.draw_samples` and ``majority``): sample i is
   drawn from seat (i − 1) mod n with a fresh seed per draw, ties go to the answer sampled
-  first;
+  first; ``vote_auto``: the same vote matched to ``nsed_auto``'s mean calls (its samples are
+  the first k of the same draws);
 * aggregators on the same round-1 proposals and reviews: ``majority_r1`` (the same
   ``majority`` over the round-1 finals, in seat order), ``mean_rank`` (llm-council: each
   reviewer ranks what it scored, lowest mean rank wins) and ``conf_vote`` (ReConcile-style
@@ -48,21 +51,28 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nsed.agents.backend import EndpointPool
+from nsed.agents.parsing import answer_key
 from nsed.agents.simulated import Persona, SimProfile, sim_query
 from nsed.benchmarks.grading import grade_math
 from nsed.benchmarks.methods import BenchTeam, Sample, draw_samples, majority
-from nsed.config import DeliberationConfig, QVMode, TeamSpec, format_validation_error
+from nsed.config import (
+    DeliberationConfig,
+    ProtocolVersion,
+    QVMode,
+    TeamSpec,
+    format_validation_error,
+)
 from nsed.council import Council
 from nsed.errors import ConfigError
 from nsed.orchestrator.stopping import (
     FatigueParams,
     StopInputs,
+    UnanimityStreak,
     fit_fatigue,
-    positive_budget,
     should_stop,
 )
 from nsed.problems import Problem, generate_quick
-from nsed.results import Deliberation
+from nsed.results import Deliberation, RoundRecord
 
 METHODS: tuple[str, ...] = (
     "single",
@@ -71,9 +81,11 @@ METHODS: tuple[str, ...] = (
     "conf_vote",
     "vote",
     "nsed",
+    "vote_auto",
     "nsed_auto",
 )
 GRID_KEYS: tuple[str, ...] = (
+    "protocol",
     "agents",
     "p_g",
     "p_v",
@@ -97,6 +109,7 @@ class SimSetting(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    protocol: ProtocolVersion = "v2"
     agents: int = Field(default=3, ge=2, le=26)
     p_g: float = Field(default=0.5, ge=0, le=1)
     p_v: float = Field(default=0.8, ge=0, le=1)
@@ -106,7 +119,7 @@ class SimSetting(BaseModel):
     correlation: float = Field(default=0.0, ge=0, le=1)
     adversary: Persona = Field(default="honest", description="persona of the last seat")
     rounds: int = Field(default=6, ge=1, le=50)
-    qv_mode: QVMode = "budget_signed"
+    qv_mode: QVMode | None = Field(default=None, description="None: the protocol's")
     gamma: float = Field(default=0.5, ge=0, le=1)
     latency_ms: float = Field(default=0.0, ge=0)
     fail_rate: float = Field(default=0.0, ge=0, le=1)
@@ -183,6 +196,8 @@ class MethodResult(BaseModel):
     correct: int
     problems: int
     calls_per_problem: float = Field(description="model calls (n samples count n)")
+    tokens_per_problem: float = Field(default=0.0, description="prompt + completion tokens")
+    completion_tokens_per_problem: float = 0.0
     rounds: float | None = Field(default=None, description="mean rounds (nsed methods)")
 
 
@@ -222,6 +237,7 @@ class SettingResult(BaseModel):
     vote_k: int
     vote_k_calls: float
     vote_k_tokens: float
+    vote_k_auto: int = 0
     throughput: Throughput
 
     def accuracy(self, method: str) -> float:
@@ -254,7 +270,12 @@ class _Outcome:
     calls: int
     failed_calls: int
     completion_tokens: int
+    prompt_tokens: int
+    auto_calls: int
+    auto_tokens: int
+    auto_completion_tokens: int
     proposal_tokens: list[int] = field(default_factory=list)
+    single_tokens: int = 0
 
 
 def _plurality(finals: Sequence[str | None]) -> str | None:
@@ -294,31 +315,45 @@ def _conf_vote(finals: dict[str, str | None], mean_score: dict[str, float]) -> s
     return next(f for f in weight if math.isclose(weight[f], best))
 
 
-def _auto_stop(result: Deliberation, rounds: int) -> tuple[str | None, int]:
-    """The answer and round count of the default online stopping rules, replayed."""
-    cfg = DeliberationConfig(kind="math")
-    budget = positive_budget(FatigueParams.from_config(cfg))
-    streak = 0
-    chosen = result.rounds[-1]
+def _auto_stop(result: Deliberation, config: DeliberationConfig) -> RoundRecord:
+    """The round the protocol's online stopping rules would have stopped at, replayed.
+
+    The config's own rules with min_rounds 2 (as the defaults), on rounds that ran to a
+    fixed R: a stop after round r depends only on rounds 1..r.
+    """
+    rounds = len(result.rounds)
+    cfg = config.model_copy(
+        update={"min_rounds": min(DeliberationConfig().min_rounds, rounds), "max_rounds": rounds}
+    )
+    unanimity = UnanimityStreak(cfg.unanimity_conviction)
+    tokens = cost = 0
     for record in result.rounds:
-        streak = streak + 1 if record.unanimous else 0
-        decision = should_stop(
-            StopInputs(
-                round_index=record.index,
-                min_rounds=min(cfg.min_rounds, rounds),
-                max_rounds=rounds,
-                unanimous_streak=streak if record.conviction >= cfg.unanimity_conviction else 0,
-                unanimity_rounds=cfg.unanimity_rounds,
-                evidence_halt=cfg.fatigue_rule and (record.evidence or 0.0) >= cfg.effort * budget,
-            )
+        tokens += record.prompt_tokens + record.completion_tokens
+        streak = unanimity.add(
+            unanimous=record.unanimous,
+            conviction=record.conviction,
+            key=answer_key(record.winner_final, cfg.kind),
         )
-        if decision.stop:
-            chosen = record
-            break
-    return chosen.winner_final, chosen.index
+        inputs = StopInputs.from_config(
+            cfg,
+            round_index=record.index,
+            unanimous_streak=streak,
+            evidence=record.evidence or 0.0,
+            tokens_used=tokens,
+            cost_usd=cost,
+        )
+        if should_stop(inputs).stop:
+            return record
+    return result.rounds[-1]
 
 
-def _outcome(result: Deliberation, problem: Problem, seats: list[str], rounds: int) -> _Outcome:
+def _outcome(
+    result: Deliberation,
+    problem: Problem,
+    seats: list[str],
+    rounds: int,
+    config: DeliberationConfig,
+) -> _Outcome:
     gold = str(problem.answer)
 
     def right(final: str | None) -> bool:
@@ -332,7 +367,8 @@ def _outcome(result: Deliberation, problem: Problem, seats: list[str], rounds: i
     for review in first.reviews:
         if review.dropped_reason is None and review.candidate and review.score is not None:
             scores.setdefault(review.reviewer, {})[review.candidate] = review.score
-    auto_final, auto_rounds = _auto_stop(result, rounds)
+    stop = _auto_stop(result, config)
+    upto = [r for r in result.rounds if r.index <= stop.index]
     ordered = [finals.get(s) for s in seats if s in finals]
     winner = _mean_rank_winner(scores, [s for s in seats if s in finals])
     return _Outcome(
@@ -342,12 +378,20 @@ def _outcome(result: Deliberation, problem: Problem, seats: list[str], rounds: i
         majority_r1=right(_plurality(ordered)),
         mean_rank=right(finals.get(winner)) if winner else False,
         conf_vote=right(_conf_vote(finals, first.mean_score)),
-        auto=right(auto_final),
-        auto_rounds=auto_rounds,
+        auto=right(stop.winner_final),
+        auto_rounds=stop.index,
         calls=result.usage.calls,
         failed_calls=result.usage.failed_calls,
         completion_tokens=result.usage.completion_tokens,
+        prompt_tokens=result.usage.prompt_tokens,
+        auto_calls=sum(u.calls for r in upto for u in r.agent_usage.values()),
+        auto_tokens=sum(r.prompt_tokens + r.completion_tokens for r in upto),
+        auto_completion_tokens=sum(r.completion_tokens for r in upto),
         proposal_tokens=[p.completion_tokens for p in first.proposals],
+        single_tokens=next(
+            (p.prompt_tokens + p.completion_tokens for p in first.proposals if p.agent == seats[0]),
+            0,
+        ),
     )
 
 
@@ -382,20 +426,42 @@ def team_for(setting: SimSetting, options: SimOptions, http_url: str | None = No
 
 
 def config_for(setting: SimSetting) -> DeliberationConfig:
-    return DeliberationConfig(
-        kind="math",
-        max_rounds=setting.rounds,
-        min_rounds=setting.rounds,
-        qv_mode=setting.qv_mode,
-        gamma=setting.gamma,
-        embeddings="off",
-    )
+    """The setting's protocol run for exactly ``rounds`` rounds (the accuracy curve)."""
+    fields: dict[str, Any] = {
+        "protocol": setting.protocol,
+        "kind": "math",
+        "max_rounds": setting.rounds,
+        "min_rounds": setting.rounds,
+        "gamma": setting.gamma,
+        "embeddings": "off",
+    }
+    if setting.qv_mode is not None:
+        fields["qv_mode"] = setting.qv_mode
+    return DeliberationConfig(**fields)
 
 
-async def _vote(bench: BenchTeam, problem: Problem, k: int) -> bool:
-    """The benchmark's vote: majority of ``k`` round-1 samples drawn round-robin over the seats."""
-    samples = await draw_samples(bench, problem, bench.seats, k=k, max_samples=k)
-    return grade_math(majority(samples, "math").final, str(problem.answer))
+@dataclass
+class _VoteOutcome:
+    """The vote at two budgets, from one draw: the first k samples are the k-sample vote."""
+
+    correct: dict[int, bool]
+    tokens: dict[int, int]
+    completion_tokens: dict[int, int]
+
+
+async def _vote(bench: BenchTeam, problem: Problem, ks: Sequence[int]) -> _VoteOutcome:
+    """The benchmark's vote: majority of ``k`` round-1 samples drawn round-robin over the seats,
+    for each k in ``ks`` (prefixes of one draw of max(ks) samples)."""
+    top = max(ks)
+    samples = await draw_samples(bench, problem, bench.seats, k=top, max_samples=top)
+    samples = sorted(samples, key=lambda s: s.index)
+    out = _VoteOutcome({}, {}, {})
+    for k in ks:
+        first = samples[:k]
+        out.correct[k] = grade_math(majority(first, "math").final, str(problem.answer))
+        out.tokens[k] = sum(s.prompt_tokens + s.completion_tokens for s in first)
+        out.completion_tokens[k] = sum(s.completion_tokens for s in first)
+    return out
 
 
 def _ratio(part: float, whole: float) -> float:
@@ -424,7 +490,7 @@ async def arun_setting(
             nonlocal done
             async with limiter:
                 result = await council.run(problem.prompt, seed=options.seed * 1_000_003 + i)
-            outcomes[i] = _outcome(result, problem, seats, setting.rounds)
+            outcomes[i] = _outcome(result, problem, seats, setting.rounds, config)
             done += 1
             if on_progress is not None:
                 on_progress(done, len(problems))
@@ -445,21 +511,32 @@ async def arun_setting(
         _ratio(sum(proposal_tokens), len(proposal_tokens)),
     )
     k = max(1, round(k_calls if options.match == "calls" else k_tokens))
+    auto_calls = _ratio(sum(o.auto_calls for o in got), n)
+    auto_k_tokens = _ratio(
+        _ratio(sum(o.auto_completion_tokens for o in got), n),
+        _ratio(sum(proposal_tokens), len(proposal_tokens)),
+    )
+    k_auto = max(1, round(auto_calls if options.match == "calls" else auto_k_tokens))
 
-    votes: list[bool] = [False] * len(problems)
+    votes: list[_VoteOutcome | None] = [None] * len(problems)
     async with EndpointPool() as pool:
         bench = await BenchTeam.open(team, config, pool)
 
         async def vote(i: int, problem: Problem) -> None:
             async with limiter:
-                votes[i] = await _vote(bench, problem, k)
+                votes[i] = await _vote(bench, problem, (k, k_auto))
 
         async with anyio.create_task_group() as tg:
             for i, problem in enumerate(problems):
                 tg.start_soon(vote, i, problem)
 
     def method(
-        name: str, hits: Sequence[bool], cost: float, rounds: float | None = None
+        name: str,
+        hits: Sequence[bool],
+        cost: float,
+        rounds: float | None = None,
+        tokens: float = 0.0,
+        completion: float = 0.0,
     ) -> MethodResult:
         return MethodResult(
             method=name,
@@ -467,8 +544,24 @@ async def arun_setting(
             correct=sum(hits),
             problems=len(hits),
             calls_per_problem=cost,
+            tokens_per_problem=tokens,
+            completion_tokens_per_problem=completion,
             rounds=rounds,
         )
+
+    done_votes = [v for v in votes if v is not None]
+
+    def vote_method(name: str, kk: int) -> MethodResult:
+        return method(
+            name,
+            [v.correct[kk] for v in done_votes],
+            float(kk),
+            tokens=_ratio(sum(v.tokens[kk] for v in done_votes), len(done_votes)),
+            completion=_ratio(sum(v.completion_tokens[kk] for v in done_votes), len(done_votes)),
+        )
+
+    def mean(values: Sequence[float]) -> float:
+        return _ratio(sum(values), len(values))
 
     r1_calls = _ratio(sum(len(o.proposal_tokens) for o in got), n) * 2  # propose + review
     r1_flat = [c for o in got for c in o.r1_correct]
@@ -476,17 +569,27 @@ async def arun_setting(
     curve += [_ratio(sum(o.by_round[t] for o in got), n) for t in range(setting.rounds)]
     auto_rounds = _ratio(sum(o.auto_rounds for o in got), n)
     methods = [
-        method("single", [o.single for o in got], 1.0),
+        method("single", [o.single for o in got], 1.0, tokens=mean([o.single_tokens for o in got])),
         method("majority_r1", [o.majority_r1 for o in got], _ratio(r1_calls, 2)),
         method("mean_rank", [o.mean_rank for o in got], r1_calls),
         method("conf_vote", [o.conf_vote for o in got], r1_calls),
-        method("vote", votes, float(k)),
-        method("nsed", [o.by_round[-1] for o in got], k_calls, float(setting.rounds)),
+        vote_method("vote", k),
+        method(
+            "nsed",
+            [o.by_round[-1] for o in got],
+            k_calls,
+            float(setting.rounds),
+            tokens=mean([o.prompt_tokens + o.completion_tokens for o in got]),
+            completion=mean([o.completion_tokens for o in got]),
+        ),
+        vote_method("vote_auto", k_auto),
         method(
             "nsed_auto",
             [o.auto for o in got],
-            k_calls * _ratio(auto_rounds, setting.rounds),
+            auto_calls,
             auto_rounds,
+            tokens=mean([o.auto_tokens for o in got]),
+            completion=mean([o.auto_completion_tokens for o in got]),
         ),
     ]
     fit, fit_error = _fit(list(range(len(curve))), curve)
@@ -502,6 +605,7 @@ async def arun_setting(
         vote_k=k,
         vote_k_calls=k_calls,
         vote_k_tokens=k_tokens,
+        vote_k_auto=k_auto,
         throughput=Throughput(
             transport="http" if http_url else "in-process",
             concurrency=options.concurrency,

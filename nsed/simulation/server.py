@@ -106,7 +106,8 @@ def create_app(
             if isinstance(m, dict)
         ]
         try:
-            reply = agent.respond(messages, n=n, seed=seed)
+            structured = body.get("response_format") is not None
+            reply = agent.respond(messages, n=n, seed=seed, structured=structured)
         except BackendError as exc:
             return _error(400, str(exc))
         if reply.latency_s > 0:
