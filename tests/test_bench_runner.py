@@ -370,6 +370,14 @@ def test_lcb_grades_programs_and_records_missing_code(scripted_server, tmp_path)
     assert not by["single:talker"].correct and by["single:talker"].error is None
     assert by["single:talker"].predicted is None
     assert json.loads(by["single:talker"].detail)["reason"] == "no final answer"
+    # Execution feedback: before review, every candidate ran on the 2 public tests (never on
+    # the private one), and the trace records it.
+    trace = store.load_deliberation(by["nsed"].deliberation_id)
+    checks = {c.agent: c for c in trace.rounds[0].checks}
+    assert (checks["coder"].passed, checks["coder"].total) == (2, 2)
+    assert checks["talker"].first_failure == "no code found" and not checks["talker"].ok
+    reviews = [r for r in scripted_server.requests if is_review(r)]
+    assert any("2 of 2 passed, all passed" in r.user for r in reviews)
 
 
 # --- Bad input --------------------------------------------------------------------------------

@@ -136,9 +136,12 @@ def test_unparseable_and_unknown_label_reviews_are_dropped_not_guessed(scripted_
     assert [r for r in reviews if r.dropped_reason is None and r.reviewer == "alpha"]
 
 
-def test_known_scores_give_the_documented_quadratic_votes(scripted_server):
+@pytest.mark.parametrize("protocol", ["v1", "v2"])
+def test_known_scores_give_the_documented_quadratic_votes(scripted_server, protocol):
     # alpha scores (beta, gamma) = (60, -20); beta: (alpha, gamma) = (30, 30);
-    # gamma: (alpha, beta) = (0, 90). budget_signed: f = w / sum|w|, q = sign(f) sqrt|f|.
+    # gamma: (alpha, beta) = (0, 90). v1, budget_signed: f = w / sum|w|, q = sign(f) sqrt|f|.
+    # v2, budget_capped: q = sign(w) sqrt(|w|/100) (no reviewer spends over 100 credits here),
+    # S = sum q / (reviews + 1).
     table = {"alpha": {"391": 60, "392": -20}, "beta": {"390": 30, "392": 30},
              "gamma": {"390": 0, "391": 90}}
     finals = {"alpha": "390", "beta": "391", "gamma": "392"}
@@ -155,18 +158,26 @@ def test_known_scores_give_the_documented_quadratic_votes(scripted_server):
         scripted_server.route(name, agent(finals[name], judge=judge_for(name)))
     result = deliberate(
         "What is 17 * 23?", team=team_dict(scripted_server.url, NAMES),
-        config=fast_config(max_rounds=1, min_rounds=1),
+        config=fast_config(max_rounds=1, min_rounds=1, protocol=protocol),
     )
     support = result.rounds[0].support
-    s_alpha = (math.sqrt(0.5) + 0.0) / 2
-    s_beta = (math.sqrt(0.75) + 1.0) / 2
-    s_gamma = (-math.sqrt(0.25) + math.sqrt(0.5)) / 2
+    if protocol == "v1":
+        s_alpha = (math.sqrt(0.5) + 0.0) / 2
+        s_beta = (math.sqrt(0.75) + 1.0) / 2
+        s_gamma = (-math.sqrt(0.25) + math.sqrt(0.5)) / 2
+    else:
+        s_alpha = (math.sqrt(0.3) + 0.0) / 3
+        s_beta = (math.sqrt(0.6) + math.sqrt(0.9)) / 3
+        s_gamma = (-math.sqrt(0.2) + math.sqrt(0.3)) / 3
     assert support["alpha"] == pytest.approx(s_alpha)
     assert support["beta"] == pytest.approx(s_beta)
     assert support["gamma"] == pytest.approx(s_gamma)
     assert result.winner == "beta"
-    total = abs(s_alpha) + abs(s_beta) + abs(s_gamma)
-    assert result.rounds[0].conviction == pytest.approx(s_beta / total)
+    if protocol == "v1":
+        total = abs(s_alpha) + abs(s_beta) + abs(s_gamma)
+        assert result.rounds[0].conviction == pytest.approx(s_beta / total)
+    else:  # agreement: the mean raw score beta's answer received, / 100
+        assert result.rounds[0].conviction == pytest.approx((60 + 90) / 2 / 100)
 
 
 def test_an_agent_that_fails_mid_run_is_skipped(scripted_server):

@@ -87,3 +87,52 @@ def test_view_never_exceeds_the_token_cap(answer_len, cap, critique):
     state = run_rounds(config, 3, critique=critique, answer_len=answer_len)
     for agent in AGENTS:
         assert estimate_tokens(forget_gate.render_view(state, agent, config)) <= cap
+
+
+# --- protocol v2's context ---------------------------------------------------------------------
+
+
+def test_clip_middle_keeps_the_head_and_the_longer_tail():
+    text = "HEAD " + "x" * 500 + " the final computation: 17 * 23 = 391"
+    clipped = forget_gate.clip_middle(text, 120)
+    assert len(clipped) <= 120
+    assert clipped.startswith("HEAD") and clipped.endswith("17 * 23 = 391") and " … " in clipped
+    assert forget_gate.clip_middle("short", 120) == "short"
+
+
+def test_v2_shows_the_leader_its_own_proposal_and_everyone_the_strongest_dissent():
+    config = DeliberationConfig()
+    state = run_rounds(config, 1)
+    leader = forget_gate.render_view(state, "alpha", config)
+    assert "Your proposal led the vote" in leader
+    assert "work of round 1" in leader  # the leader's own reasoning, not only "you led"
+    # beta (-0.2) is the best-supported proposal with another final than the leader's.
+    assert "Strongest proposal with a different final answer (support -0.20)" in leader
+    gamma = forget_gate.render_view(state, "gamma", config)
+    assert "Strongest proposal with a different final answer" in gamma
+    beta = forget_gate.render_view(state, "beta", config)
+    assert "Strongest proposal with a different final answer" not in beta  # its own
+    v1 = DeliberationConfig(protocol="v1")
+    old = forget_gate.render_view(run_rounds(v1, 1), "alpha", v1)
+    assert "work of round 1" not in old and "Strongest proposal" not in old
+
+
+def test_v2_clips_long_reasoning_from_the_middle():
+    config = DeliberationConfig(state_token_cap=300)
+    state = forget_gate.update(
+        forget_gate.ConsensusState(),
+        RoundRecord(
+            index=1,
+            proposals=[
+                Proposal(agent="alpha", reasoning="start " + "y" * 3000 + " end: 391",
+                         answer="\\boxed{391}", final="391"),
+                Proposal(agent="beta", reasoning="b", answer="\\boxed{7}", final="7"),
+            ],
+            support={"alpha": 0.5, "beta": -0.5},
+            winner="alpha",
+        ),
+        config,
+        LexicalEmbedder(),
+    )
+    view = forget_gate.render_view(state, "beta", config)
+    assert "end: 391" in view and "start" in view

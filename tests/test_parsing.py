@@ -17,9 +17,12 @@ from hypothesis import strategies as st
 
 from nsed.agents.parsing import (
     DroppedReview,
+    answer_key,
+    complete_final,
     extract_final,
     extract_json,
     normalize_final,
+    parse_free_proposal,
     parse_proposal,
     parse_reviews,
 )
@@ -763,3 +766,60 @@ def test_truncated_reviews_never_raise_nor_invent_scores(
         for item in got.items:
             assert item.score is not None and math.isfinite(item.score)
             assert item.score == expected[item.candidate], (text[:cut], item)
+
+
+# --- kind "auto", free-form proposals, cut-off replies (protocol v2) ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "final"),
+    [
+        ("17 * 23 = 391, so it is \\boxed{391}.", "391"),
+        ("The answer is 391 because 17 * 23 = 391.", "391"),
+        ("17 * 23 = 391", "391"),
+        ("391", "391"),
+        ("Paris is the capital of France, of course.", "Paris is the capital of France"),
+        ("Use this:\n```python\nprint(17 * 23)\n```", "print(17 * 23)"),
+        ("\\boxed{070}", "70"),
+    ],
+)
+def test_kind_auto_extracts_a_comparable_final(text: str, final: str) -> None:
+    assert extract_final(text, "auto") == final
+
+
+def test_answer_keys_compare_text_without_case_and_numbers_canonically() -> None:
+    assert answer_key("Paris", "auto") == answer_key("paris.", "auto") == "paris"
+    assert answer_key("\\boxed{070}", "auto") == answer_key("70", "auto") == "70"
+    assert answer_key("Paris", "text") == "paris"
+    assert answer_key("12.0", "math") == "12"
+    assert answer_key(None, "auto") is None and answer_key("  ", "math") is None
+    for s in ("\\boxed{391}", "17 apples", "x^2 + 1", "def f():\n    return 1"):
+        once = normalize_final(s, "auto")
+        assert normalize_final(once, "auto") == once  # a fixed point
+
+
+def test_free_proposal_splits_the_work_from_the_final_paragraph() -> None:
+    text = "Multiply.\n\n17 * 20 = 340 and 17 * 3 = 51.\n\nSo the answer is \\boxed{391}."
+    parsed = parse_free_proposal(text, "math")
+    assert parsed.reasoning == "Multiply.\n\n17 * 20 = 340 and 17 * 3 = 51."
+    assert parsed.answer == "So the answer is \\boxed{391}."
+    assert (parsed.final, parsed.error) == ("391", None)
+    code = parse_free_proposal("Idea first.\n\n```python\nprint(1)\n```\nDone.", "code")
+    assert code.final == "print(1)" and code.reasoning == "Idea first."
+    bare = parse_free_proposal("It is 12, I think", "math")
+    assert bare.final == "12" and "no final-answer marker" in (bare.error or "")
+    # A model that answers JSON anyway is read as JSON.
+    as_json = parse_free_proposal('{"reasoning": "r", "answer": "\\\\boxed{5}"}', "math")
+    assert (as_json.reasoning, as_json.final) == ("r", "5")
+    assert parse_free_proposal("   ", "math").error == "empty reply"
+
+
+def test_a_cut_off_reply_keeps_only_finals_whose_end_is_certain() -> None:
+    assert complete_final("so the answer is 39", "math") is None  # "391" was cut
+    assert complete_final("so \\boxed{391} and then I che", "math") == "391"
+    assert complete_final("\\boxed{39", "math") is None
+    assert complete_final("```python\nprint(1)\n```\nand also", "code") == "print(1)"
+    assert complete_final("```python\nprint(1", "code") is None
+    assert complete_final("Paris.\nBecause the", "text") == "Paris"
+    assert complete_final("Par", "text") is None
+    assert complete_final("The answer is 7.\nBecause", "auto") == "7"

@@ -187,7 +187,8 @@ def test_whole_pipeline_runs_on_simulated_agents(tmp_path: Path) -> None:
 def test_wrong_agents_revise_to_the_leader_and_can_agree_by_chance() -> None:
     honest, wrong_reviser = "p_g=1&p_v=1&sycophancy=0", "p_g=0&p_v=1&revise=1&sycophancy=0"
     team = sim_team(honest, wrong_reviser, wrong_reviser)
-    result = deliberate(team, PROBLEMS[5].prompt)
+    # v1 shows every agent the state, so a wrong reviser adopts the leader.
+    result = deliberate(team, PROBLEMS[5].prompt, protocol="v1")
     gold = PROBLEMS[5].answer
     assert {p.final for p in result.rounds[0].proposals} != {gold}
     assert all(p.final == gold for p in result.rounds[1].proposals)
@@ -197,6 +198,27 @@ def test_wrong_agents_revise_to_the_leader_and_can_agree_by_chance() -> None:
     stuck = deliberate(wrong, PROBLEMS[6].prompt)
     assert stuck.final is not None and stuck.final != PROBLEMS[6].answer
     assert all(r.unanimous for r in stuck.rounds)
+
+
+def test_a_blind_prompt_is_a_fresh_draw_and_free_text_is_answered_in_kind() -> None:
+    """v2's exploration: a rejected agent gets no state view and draws afresh with its p_g;
+    the simulator sees only the prompt (no state, no schema) and answers as a model would."""
+    team = sim_team("p_g=1&p_v=1", "p_g=0.5&p_v=1&revise=1", "p_g=0.5&p_v=1&revise=1")
+    explored = 0
+    for problem in PROBLEMS[:12]:
+        result = deliberate(team, problem.prompt)
+        for before, after in zip(result.rounds, result.rounds[1:], strict=False):
+            rejected = {a for a, s in before.support.items() if s < 0}
+            assert set(after.explorers) == rejected
+            for p in after.proposals:
+                assert p.blind == (p.agent in rejected)
+            explored += len(rejected)
+    assert explored > 0
+    # No schema in the request (free-form proposals): plain text ending in a boxed final.
+    agent = SimulatedAgent("x", SimProfile(p_g=1.0), SimulatedWorld(PROBLEMS))
+    text = agent.respond(proposal_messages(PROBLEMS[0].prompt), structured=False).texts[0]
+    assert not text.lstrip().startswith("{")
+    assert text.endswith(f"\\boxed{{{PROBLEMS[0].answer}}}.")
 
 
 def test_adversarial_personas_behave_as_specified() -> None:
@@ -276,6 +298,10 @@ def test_simulation_is_deterministic_per_seed_and_transport() -> None:
     assert len(result.accuracy_by_round) == 4 and result.fit is not None
     assert result.vote_k == 18  # 3 agents x 2 calls x 3 rounds
     assert [m.method for m in result.methods] == list(METHODS)
+    by_name = {m.method: m for m in result.methods}
+    assert by_name["nsed"].tokens_per_problem > by_name["single"].tokens_per_problem > 0
+    assert by_name["vote"].tokens_per_problem > 0
+    assert by_name["nsed_auto"].calls_per_problem <= by_name["nsed"].calls_per_problem
     assert result.throughput.calls == 20 * 18 and result.throughput.cpu_ms_per_call > 0
 
 

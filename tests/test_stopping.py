@@ -16,8 +16,11 @@ from nsed.orchestrator.stopping import (
     EvidenceTracker,
     FatigueParams,
     StopInputs,
+    UnanimityStreak,
     fit_fatigue,
     lambert_w0,
+    marginal_gain,
+    marginal_stop_round,
     marginal_utility,
     optimal_rounds,
     positive_budget,
@@ -337,3 +340,72 @@ def test_stop_rule_invariants(r: int, min_r: int, extra: int, streak: int, evide
         assert not decision.stop
     else:
         assert decision.stop == (streak >= 2 or evidence)
+
+
+# --- The marginal-gain rule (protocol v2) ----------------------------------------------------
+
+
+def test_marginal_rule_hand_computed_for_the_defaults() -> None:
+    params = FatigueParams.from_config(DeliberationConfig())  # p_g .5, p_v .8, Λ 1, β .003
+    # U(r+1) - U(r) = .5(e^{-.3r} - e^{-.3(r+1)}) - .003(2r + 1)
+    gains = [marginal_gain(r, params) for r in range(1, 6)]
+    assert gains == pytest.approx([0.0870, 0.0561, 0.0317, 0.0120, -0.0041], abs=5e-5)
+    assert marginal_stop_round(params, 0.02) == 4  # round 5 would add 0.012 < 0.02
+    assert marginal_stop_round(params, 0.05) == 3
+    assert marginal_stop_round(params, 0.5) == 1
+    no_gain = FatigueParams(p_g=0.5, p_v=0.5, lam=1.0, beta=0.0)
+    assert marginal_stop_round(no_gain, 0.01) == 1  # verification no better than generation
+    with pytest.raises(ConfigError, match="round_cost"):
+        marginal_stop_round(params, 0.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.builds(
+        FatigueParams,
+        p_g=st.floats(0.0, 0.99),
+        p_v=st.floats(0.0, 1.0),
+        lam=st.floats(0.01, 20.0),
+        beta=st.floats(0.0, 1.0),
+    ),
+    st.floats(1e-4, 0.5),
+)
+def test_marginal_rule_always_fires_and_only_once_gains_stop_paying(
+    params: FatigueParams, cost: float
+) -> None:
+    """U is concave, so gains never grow; with a positive cost the rule always fires, at the
+    first round whose next round would gain less than the cost (by T_opt at the latest)."""
+    r = marginal_stop_round(params, cost)
+    assert 1 <= r < 10_000
+    if params.k > 0:
+        assert marginal_gain(r, params) < cost
+        assert all(marginal_gain(s, params) >= cost for s in range(1, r))
+        for s in range(1, r + 3):
+            assert marginal_gain(s + 1, params) <= marginal_gain(s, params) + 1e-12
+        t_opt = optimal_rounds(params)
+        if params.beta > 0 and t_opt >= 1:
+            assert r <= math.ceil(t_opt)
+
+
+def test_the_marginal_rule_in_should_stop_and_from_config() -> None:
+    cfg = DeliberationConfig(max_rounds=8, min_rounds=2)
+    assert cfg.stopping == "marginal"
+    decisions = [
+        should_stop(StopInputs.from_config(cfg, round_index=r)).reason for r in range(1, 6)
+    ]
+    assert decisions == [None, None, None, "marginal_gain", "marginal_gain"]
+    off = cfg.model_copy(update={"fatigue_rule": False})
+    assert should_stop(StopInputs.from_config(off, round_index=4)).stop is False
+    v1 = DeliberationConfig(protocol="v1", max_rounds=8)
+    assert StopInputs.from_config(v1, round_index=4).marginal_halt is False
+    assert StopInputs.from_config(v1, round_index=4, evidence=1.0).evidence_halt is True
+
+
+def test_unanimity_streak_needs_conviction_every_round_and_the_same_answer() -> None:
+    streak = UnanimityStreak(0.3)
+    assert streak.add(unanimous=True, conviction=0.9, key="391") == 1
+    assert streak.add(unanimous=True, conviction=0.1, key="391") == 0  # weak this round
+    assert streak.add(unanimous=True, conviction=0.5, key="391") == 1
+    assert streak.add(unanimous=True, conviction=0.5, key="391") == 2
+    assert streak.add(unanimous=True, conviction=0.5, key="392") == 1  # another answer
+    assert streak.add(unanimous=False, conviction=0.9, key="392") == 0
