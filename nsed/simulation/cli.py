@@ -189,6 +189,22 @@ def _print_report(report: SimulationReport, paths: list[Path]) -> None:
         methods.add_row(*cells)
     console.print(methods)
 
+    cost = Table(title="Calls and tokens (prompt + completion) per problem")
+    for key in keys:
+        cost.add_column(key)
+    priced = ("single", "vote", "nsed", "vote_auto", "nsed_auto")
+    for name in priced:
+        cost.add_column(_SHORT[name], justify="right")
+    for result in report.settings:
+        by_name = {m.method: m for m in result.methods}
+        cells = [str(getattr(result.setting, k)) for k in keys]
+        cells += [
+            f"{by_name[n].calls_per_problem:.1f} / {by_name[n].tokens_per_problem:,.0f}"
+            for n in priced
+        ]
+        cost.add_row(*cells)
+    console.print(cost)
+
     width = max(len(r.accuracy_by_round) for r in report.settings)
     curve = Table(title="nsed: accuracy of each round's winner (t = 0: a generator alone), U(t)")
     for key in keys:

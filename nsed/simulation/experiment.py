@@ -231,6 +231,13 @@ class SettingResult(BaseModel):
     problems: int
     methods: list[MethodResult]
     accuracy_by_round: list[float] = Field(description="t = 0 (a generator alone), 1..R")
+    calls_by_round: list[float] = Field(
+        default_factory=list, description="mean calls of rounds 1..t, t = 1..R"
+    )
+    vote_by_round: list[float] = Field(
+        default_factory=list,
+        description="vote accuracy with k = calls_by_round[t] samples (the same draws), t = 1..R",
+    )
     fit: FitResult | None = Field(description="U(t) fitted over t = 0..R")
     fit_rounds: FitResult | None = Field(description="U(t) fitted over the rounds t = 1..R")
     fit_error: str | None = None
@@ -276,6 +283,7 @@ class _Outcome:
     auto_completion_tokens: int
     proposal_tokens: list[int] = field(default_factory=list)
     single_tokens: int = 0
+    calls_by_round: list[int] = field(default_factory=list)
 
 
 def _plurality(finals: Sequence[str | None]) -> str | None:
@@ -388,6 +396,7 @@ def _outcome(
         auto_tokens=sum(r.prompt_tokens + r.completion_tokens for r in upto),
         auto_completion_tokens=sum(r.completion_tokens for r in upto),
         proposal_tokens=[p.completion_tokens for p in first.proposals],
+        calls_by_round=[sum(u.calls for u in r.agent_usage.values()) for r in result.rounds],
         single_tokens=next(
             (p.prompt_tokens + p.completion_tokens for p in first.proposals if p.agent == seats[0]),
             0,
@@ -517,6 +526,10 @@ async def arun_setting(
         _ratio(sum(proposal_tokens), len(proposal_tokens)),
     )
     k_auto = max(1, round(auto_calls if options.match == "calls" else auto_k_tokens))
+    cumulative = [
+        _ratio(sum(sum(o.calls_by_round[: t + 1]) for o in got), n) for t in range(setting.rounds)
+    ]
+    k_rounds = [max(1, round(c)) for c in cumulative] if options.match == "calls" else []
 
     votes: list[_VoteOutcome | None] = [None] * len(problems)
     async with EndpointPool() as pool:
@@ -524,7 +537,7 @@ async def arun_setting(
 
         async def vote(i: int, problem: Problem) -> None:
             async with limiter:
-                votes[i] = await _vote(bench, problem, (k, k_auto))
+                votes[i] = await _vote(bench, problem, (k, k_auto, *k_rounds))
 
         async with anyio.create_task_group() as tg:
             for i, problem in enumerate(problems):
@@ -599,6 +612,10 @@ async def arun_setting(
         problems=n,
         methods=methods,
         accuracy_by_round=curve,
+        calls_by_round=cumulative,
+        vote_by_round=[
+            _ratio(sum(v.correct[kk] for v in done_votes), len(done_votes)) for kk in k_rounds
+        ],
         fit=fit,
         fit_rounds=fit_rounds,
         fit_error=fit_error,
