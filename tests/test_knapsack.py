@@ -60,10 +60,13 @@ def reasons(selection: TeamSelection) -> dict[str, str]:
 # --- Brute force --------------------------------------------------------------------------------
 
 
-def role_assignment_exists(team, roles: list[RoleSpec]) -> bool:
-    """Can the members be split over the roles, each exactly ``count`` times, capabilities met?"""
+def role_assignment_exists(team, roles: list[RoleSpec], *, by_kind: bool = False) -> bool:
+    """Can the members be split over the roles, each exactly ``count`` times, capabilities met?
+
+    ``by_kind``: the one role is the task kind's, which a model listing no capabilities fills.
+    """
     if len(roles) == 1:
-        return all(m.has(roles[0].capability) for m in team)
+        return all(m.has(roles[0].capability) or (by_kind and not m.capabilities) for m in team)
     first, second = roles
     for group in itertools.combinations(range(len(team)), first.count):
         rest = [m for k, m in enumerate(team) if k not in group]
@@ -98,7 +101,7 @@ def brute_force(entries, kind, policy: BrokerPolicy, stats) -> float | None:
                 continue
             if not fits(sum(m.vram_gb for m in team), policy.vram_gb):
                 continue
-            if not role_assignment_exists(team, roles):
+            if not role_assignment_exists(team, roles, by_kind=policy.roles is None):
                 continue
             value = sum(model_value(m, kind, stats.get(m.name), policy) for m in team)
             best = value if best is None else max(best, value)
@@ -125,7 +128,7 @@ def assert_valid(selection: TeamSelection, entries, policy: BrokerPolicy, stats)
         for c in selection.team:
             assert by_name[c.name].has(caps[c.role])
     else:  # no roles: every seat needs the task kind as a capability
-        assert all(m.has(selection.kind) for m in team)
+        assert all(m.has(selection.kind) or not m.capabilities for m in team)
     # Every candidate is either chosen or rejected with a reason.
     assert sorted(selection.names() + [r.name for r in selection.rejected]) == sorted(by_name)
     assert all(r.reason for r in selection.rejected)
@@ -493,6 +496,9 @@ def test_the_task_kind_is_a_capability_without_roles():
     assert sorted(select_team(entries, "math", anyone).names()) == ["b", "c", "dune-coder"]
     # A question of unknown kind ("auto") needs no capability.
     assert "dune-coder" in select_team(entries, "auto", policy).names()
+    # A model that lists no capabilities at all is taken as a general one.
+    general = [*entries[1:], entry("plain", "phi", skill=0.99, caps=())]
+    assert "plain" in select_team(general, "math", policy).names()
 
 
 def test_too_few_eligible_models():

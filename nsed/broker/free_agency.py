@@ -54,6 +54,7 @@ from nsed.broker.knapsack import (
     kind_capability,
     model_cost_usd,
     model_value,
+    serves_kind,
 )
 from nsed.broker.telemetry import as_utc, utcnow
 from nsed.config import AgentSpec, format_validation_error
@@ -468,12 +469,14 @@ class FreeAgency:
         cost = math.fsum(model_cost_usd(e, bp) for e in staying)
         vram = math.fsum(e.vram_gb for e in staying)
         capability = self._capability(role)
+        by_kind = role is None or role == DEFAULT_ROLE
         best: tuple[tuple[float, float, str], CatalogEntry] | None = None
         for entry in self.catalog.models:
             if entry.name in seated or entry.name == leaving or entry.name in benched:
                 continue
             stats = self.stats.get(entry.name)
-            if not entry.has(capability) or families[entry.family] + 1 > bp.max_per_family:
+            qualified = serves_kind(entry, self.kind) if by_kind else entry.has(capability)
+            if not qualified or families[entry.family] + 1 > bp.max_per_family:
                 continue
             latency = stats.latency_s if stats is not None and stats.latency_s else entry.latency_s
             if bp.latency_slo_s is not None and latency is not None and latency > bp.latency_slo_s:

@@ -10,7 +10,8 @@ binds candidate ``m`` to a role, and we
                default single role "deliberator"); one role per model; at most
                max_per_family models per family; capability required by the role (with
                no roles, the task kind is the capability every seat needs: a math question
-               is not given to a code-only model; kind "auto" needs none);
+               is not given to a code-only model; kind "auto" needs none, and a model that
+               lists no capabilities counts as general);
                latency ≤ SLO and benched models excluded (both as pre-filters).
 
 ``value_m = skill × success_ratio × (1 − load_discount · load)`` where skill is the learned
@@ -269,6 +270,10 @@ class _Role:
     capability: str | None
     lo: int
     hi: int
+    from_kind: bool = False  # the task kind's capability (no roles): general models qualify
+
+    def admits(self, entry: CatalogEntry) -> bool:
+        return entry.has(self.capability) or (self.from_kind and not entry.capabilities)
 
 
 @dataclass(frozen=True)
@@ -300,12 +305,19 @@ def kind_capability(kind: str) -> str | None:
     return None if kind == AUTO_KIND else kind
 
 
+def serves_kind(entry: CatalogEntry, kind: str) -> bool:
+    """Whether ``entry`` may take a seat for a task of ``kind`` when no role says otherwise:
+    it lists the kind as a capability, or lists no capabilities at all (a general model)."""
+    return entry.has(kind_capability(kind)) or not entry.capabilities
+
+
 def _role_plan(
     policy: BrokerPolicy, catalog_roles: Sequence[RoleSpec], kind: str
 ) -> list[_Role]:
     roles = policy.roles if policy.roles is not None else (list(catalog_roles) or None)
     if roles is None:
-        return [_Role(DEFAULT_ROLE, kind_capability(kind), policy.min_team, policy.max_team)]
+        capability = kind_capability(kind)
+        return [_Role(DEFAULT_ROLE, capability, policy.min_team, policy.max_team, from_kind=True)]
     try:
         _check_roles(roles, policy.min_team, policy.max_team)
     except ValueError as exc:
@@ -603,7 +615,7 @@ def _candidate(
         vram=entry.vram_gb,
         latency=latency,
         benched=bool(stats and stats.benched),
-        roles=tuple(r for r, role in enumerate(roles) if entry.has(role.capability)),
+        roles=tuple(r for r, role in enumerate(roles) if role.admits(entry)),
     )
 
 
@@ -885,5 +897,6 @@ __all__ = [
     "model_cost_usd",
     "model_value",
     "select_team",
+    "serves_kind",
     "smoothed_skill",
 ]
