@@ -200,6 +200,7 @@ class TeamSpec(TomlModel):
 # perf/protocol_v2.md).
 PROTOCOL_PRESETS: dict[str, dict[str, Any]] = {
     "v1": {
+        "max_rounds": 4,
         "qv_mode": "budget_signed",
         "support_prior": 0.0,
         "conviction": "share",
@@ -211,6 +212,7 @@ PROTOCOL_PRESETS: dict[str, dict[str, Any]] = {
         "execution_feedback": False,
     },
     "v2": {
+        "max_rounds": 3,
         "qv_mode": "budget_capped",
         "support_prior": 1.0,
         "conviction": "agreement",
@@ -238,7 +240,7 @@ class DeliberationConfig(BaseModel):
 
     protocol: ProtocolVersion = Field(default="v2", description="preset for the knobs below")
     kind: TaskKind = "auto"
-    max_rounds: int = Field(default=4, ge=1, le=50)
+    max_rounds: int = Field(default=3, ge=1, le=50, description="v2: 3, v1: 4")
     min_rounds: int = Field(default=2, ge=1, le=50)
     # --- protocol knobs (defaults: the v2 preset) ---------------------------------------------
     qv_mode: QVMode = "budget_capped"
@@ -299,6 +301,14 @@ class DeliberationConfig(BaseModel):
     system_context: str | None = Field(default=None, description="extra context for every agent")
 
     @model_validator(mode="after")
+    def _apply_preset(self) -> DeliberationConfig:
+        # Written into __dict__ so the preset's values do not count as set by the caller.
+        for name, value in PROTOCOL_PRESETS[self.protocol].items():
+            if name not in self.model_fields_set:
+                self.__dict__[name] = value
+        return self
+
+    @model_validator(mode="after")
     def _check_rounds(self) -> DeliberationConfig:
         if self.min_rounds > self.max_rounds:
             raise ValueError(
@@ -306,14 +316,6 @@ class DeliberationConfig(BaseModel):
             )
         if self.drop_threshold > self.keep_threshold:
             raise ValueError("drop_threshold must not exceed keep_threshold")
-        return self
-
-    @model_validator(mode="after")
-    def _apply_preset(self) -> DeliberationConfig:
-        # Written into __dict__ so the preset's values do not count as set by the caller.
-        for name, value in PROTOCOL_PRESETS[self.protocol].items():
-            if name not in self.model_fields_set:
-                self.__dict__[name] = value
         return self
 
     @classmethod

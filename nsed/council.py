@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("nsed")
 
 TeamLike = TeamSpec | str | Path | dict[str, Any] | None
+REMOTE_REPLICAS = 5  # seats of the OPENAI_BASE_URL team
 
 
 def resolve_team(team: TeamLike = None) -> TeamSpec:
@@ -54,7 +55,8 @@ def resolve_team(team: TeamLike = None) -> TeamSpec:
     1. the ``team`` argument (a TeamSpec, a dict, or a path to a team TOML);
     2. ``NSED_TEAM``: a path to a team TOML;
     3. ``OPENAI_BASE_URL`` (+ ``OPENAI_API_KEY``, ``NSED_MODEL``, default ``gpt-4o-mini``):
-       three diverse replicas of that model;
+       five diverse replicas of that model (at equal calls, a wider team with fewer rounds
+       was as good or better on every simulated setting: perf/simulate.md, width vs depth);
     4. the embedded local default: a llama.cpp server with SmolLM2-135M (extra ``local``).
     """
     if isinstance(team, TeamSpec):
@@ -71,7 +73,7 @@ def resolve_team(team: TeamLike = None) -> TeamSpec:
             base_url=os.environ["OPENAI_BASE_URL"],
             model=os.environ.get("NSED_MODEL", "gpt-4o-mini"),
             api_key_env="OPENAI_API_KEY",
-            replicas=3,
+            replicas=REMOTE_REPLICAS,
         )
         return TeamSpec(models=[spec])
     from nsed.agents import local

@@ -13,7 +13,7 @@ the default local team (SmolLM2-135M on llama-server). Problems are the quick se
   pattern (the degenerate ``1.1.1.2.2.2…`` replies of issue 12).
 
     python perf/proposal_format.py --limit 40 [--formats json,free] [--temperatures seat,0]
-        [--simple] [--json]
+        [--kinds math,auto] [--simple] [--json]
 """
 
 from __future__ import annotations
@@ -42,6 +42,12 @@ SIMPLE = (
     ("What is 17 * 23?", "391"),
     ("What is 7 + 8?", "15"),
     ("What is 100 - 1?", "99"),
+    ("What is 2 + 2?", "4"),
+    ("What is 5 + 5?", "10"),
+    ("What is 9 - 3?", "6"),
+    ("What is 6 * 7?", "42"),
+    ("What is 1 + 1?", "2"),
+    ("What is 20 + 30?", "50"),
 )
 _LOOP = re.compile(r"(.{1,8}?)\1{7,}", re.S)
 
@@ -67,10 +73,10 @@ async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     limiter = anyio.CapacityLimiter(server.config.parallel)
     async with EndpointPool() as pool:
 
-        async def one(problem: Problem, seat: Any, fmt: str, temp: str) -> None:
+        async def one(problem: Problem, seat: Any, fmt: str, temp: str, kind: str) -> None:
             if temp != "seat":
                 seat = seat.model_copy(update={"temperature": float(temp)})
-            config = DeliberationConfig(kind="math", proposal_format=fmt)
+            config = DeliberationConfig(kind=kind, proposal_format=fmt)
             agent = make_agent(seat, make_backend(seat, pool), config)
             async with limiter:
                 started = time.perf_counter()
@@ -87,6 +93,7 @@ async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "seat": seat.name,
                     "format": fmt,
                     "temperature": temp,
+                    "kind": kind,
                     "parsed": parsed,
                     "final": proposal.final,
                     "correct": right,
@@ -103,21 +110,24 @@ async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                 for seat in team.agents():
                     for fmt in args.formats.split(","):
                         for temp in args.temperatures.split(","):
-                            tg.start_soon(one, problem, seat, fmt, temp)
+                            for kind in args.kinds.split(","):
+                                tg.start_soon(one, problem, seat, fmt, temp, kind)
     return rows
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
-        kind = "simple" if row["problem"].startswith("simple-") else "quick"
-        groups.setdefault((kind, row["format"], row["temperature"]), []).append(row)
+        which = "simple" if row["problem"].startswith("simple-") else "quick"
+        key = (which, row["kind"], row["format"], row["temperature"])
+        groups.setdefault(key, []).append(row)
     out = []
-    for (kind, fmt, temp), got in sorted(groups.items()):
+    for (which, kind, fmt, temp), got in sorted(groups.items()):
         n = len(got)
         out.append(
             {
-                "set": kind,
+                "set": which,
+                "kind": kind,
                 "format": fmt,
                 "temperature": temp,
                 "n": n,
@@ -139,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--formats", default="json,free")
     parser.add_argument("--temperatures", default="seat", help="'seat' and/or numbers, e.g. seat,0")
+    parser.add_argument("--kinds", default="math", help="task kinds, e.g. math,auto")
     parser.add_argument("--simple", action="store_true", help="add the fixed simple questions")
     parser.add_argument("--json", action="store_true", help="print rows and summary as JSON")
     args = parser.parse_args(argv)

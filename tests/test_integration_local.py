@@ -83,10 +83,10 @@ def test_openai_base_url_switches_to_that_endpoint(
 
     result = deliberate(QUESTION, kind="math", max_rounds=1, min_rounds=1)
 
-    assert len(result.agents) == 3  # three diverse replicas of the one remote model
+    assert len(result.agents) == 5  # five diverse replicas of the one remote model
     assert {a.base_url for a in result.agents} == {scripted_server.url}
     requests = scripted_server.requests
-    assert len(requests) == 6  # 3 proposals + 3 reviews
+    assert len(requests) == 10  # 5 proposals + 5 reviews
     assert {r.model for r in requests} == {"remote-model"}
     assert {r.headers.get("authorization") for r in requests} == {"Bearer sk-integration-test"}
     assert result.final == "391"  # the scripted agents' answer: it came from this endpoint
