@@ -395,3 +395,21 @@ def test_protocol_presets_fill_only_the_knobs_left_unset():
         True,
         "answer",
     )
+
+
+def test_a_chat_request_can_choose_the_protocol():
+    from nsed.server.protocol import ChatCompletionRequest
+    from nsed.server.translate import deliberation_config
+
+    def request(**nsed: object) -> ChatCompletionRequest:
+        return ChatCompletionRequest.model_validate(
+            {"model": "nsed/council", "messages": [{"role": "user", "content": "hi"}],
+             "nsed": nsed}
+        )
+
+    base = DeliberationConfig()
+    assert deliberation_config(base, request(), None).kind == "auto"
+    v1 = deliberation_config(base, request(protocol="v1"), None)
+    assert (v1.qv_mode, v1.aggregation, v1.max_rounds) == ("budget_signed", "proposal", 4)
+    capped = deliberation_config(base, request(protocol="v1", qv_mode="budget_capped"), None)
+    assert capped.qv_mode == "budget_capped"
