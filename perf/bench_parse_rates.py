@@ -1,0 +1,110 @@
+"""Parse rates of a stored benchmark run: how often proposals and reviews were usable.
+
+Reads the run's rows and the deliberation traces from the database ``nsed bench`` wrote:
+
+* proposals (every round of every deliberation): parsed without a format error, with a final
+  answer, cut off at ``max_tokens``;
+* reviews: counted, dropped (by reason: unparseable, truncated, missing score, ...);
+* baseline samples (``single:*``, ``vote``): with a final answer;
+* accuracy per method with a Wilson 95 % interval, only on the problems every method finished
+  (a bounded run stops part-way).
+
+    python perf/bench_parse_rates.py sqlite:////tmp/bench/v2.db quick-v2 [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import Counter
+from typing import Any
+
+from sqlmodel import select
+
+from nsed.store import BenchResult, BenchRun, Store
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def summarise(url: str, run_id: str) -> dict[str, Any]:
+    store = Store(url)
+    with store.transaction() as session:
+        rows = list(session.exec(select(BenchResult).where(BenchResult.run_id == run_id)))
+        run = session.get(BenchRun, run_id)
+    answers = [r for r in rows if r.sample == 0]
+    methods = run.methods.split(",") if run is not None else sorted({r.method for r in answers})
+    by_problem: dict[str, set[str]] = {}
+    for r in answers:
+        by_problem.setdefault(r.problem_id, set()).add(r.method)
+    complete = sorted(p for p, got in by_problem.items() if got >= set(methods))
+    accuracy = {}
+    for method in methods:
+        got = [r for r in answers if r.method == method and r.problem_id in complete]
+        k = sum(bool(r.correct) for r in got)
+        low, high = wilson(k, len(got))
+        accuracy[method] = {
+            "correct": k,
+            "n": len(got),
+            "accuracy": k / len(got) if got else 0.0,
+            "ci95": [round(low, 3), round(high, 3)],
+            "completion_tokens": sum(r.completion_tokens for r in got) / max(1, len(got)),
+        }
+    proposals = Counter()
+    reviews: Counter[str] = Counter()
+    rounds, stops = [], Counter()
+    for r in answers:
+        if r.method != "nsed" or not r.deliberation_id:
+            continue
+        trace = store.load_deliberation(r.deliberation_id)
+        if trace is None:
+            continue
+        rounds.append(len(trace.rounds))
+        stops[trace.stopped_because] += 1
+        for record in trace.rounds:
+            for p in record.proposals:
+                proposals["all"] += 1
+                proposals["parsed"] += p.parse_error is None
+                proposals["final"] += p.final is not None
+                proposals["truncated"] += p.truncated
+            for review in record.reviews:
+                reason = review.dropped_reason or "counted"
+                reviews[reason.split(":")[0] if reason.startswith("unparseable") else reason] += 1
+    samples = [r for r in rows if r.sample > 0]
+    sample_final = sum(r.predicted is not None for r in samples)
+    return {
+        "run": run_id,
+        "problems_complete": len(complete),
+        "accuracy": accuracy,
+        "proposals": dict(proposals),
+        "proposal_parse_rate": proposals["parsed"] / max(1, proposals["all"]),
+        "proposal_final_rate": proposals["final"] / max(1, proposals["all"]),
+        "reviews": dict(reviews),
+        "review_counted_rate": reviews["counted"] / max(1, sum(reviews.values())),
+        "samples": len(samples),
+        "sample_final_rate": sample_final / max(1, len(samples)),
+        "mean_rounds": sum(rounds) / max(1, len(rounds)),
+        "stopped_because": dict(stops),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("db")
+    parser.add_argument("run_id")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    report = summarise(args.db, args.run_id)
+    print(json.dumps(report, indent=1 if args.json else None))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
