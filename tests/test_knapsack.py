@@ -575,7 +575,8 @@ def test_bad_policy_is_config_error(kwargs, message):
 
 def test_bad_kind_and_duplicate_entries():
     entries = [entry("a"), entry("b", "llama"), entry("c", "gemma")]
-    with pytest.raises(ConfigError, match="unknown task kind 'poetry'; valid kinds are: auto, math"):
+    message = "unknown task kind 'poetry'; valid kinds are: auto, math"
+    with pytest.raises(ConfigError, match=message):
         select_team(entries, "poetry")
     with pytest.raises(ConfigError, match="repeated: a"):
         select_team([*entries, entry("a", "phi")], "math")
