@@ -28,6 +28,11 @@ class DataError(NsedError, ValueError):
     """A benchmark data file is missing, malformed (names the line) or of unknown format."""
 
 
+class SandboxUnavailable(ConfigError):
+    """Model code would run without isolation here and that was not explicitly allowed; the
+    message says what to install or enable (or the flag that runs it anyway)."""
+
+
 # --- Backends ---------------------------------------------------------------------------------
 
 
@@ -106,5 +111,6 @@ __all__ = [
     "InvalidQuestion",
     "NsedError",
     "QuorumLost",
+    "SandboxUnavailable",
     "StoreError",
 ]
