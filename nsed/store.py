@@ -65,6 +65,9 @@ class BenchRun(SQLModel, table=True):
     team: str = Field(default="{}", description="team JSON without secrets")
     config: str = Field(default="{}", description="run options JSON")
     status: str = "running"
+    sandbox: str | None = Field(
+        default=None, description="sandbox plan(s) model code ran under; None: no code run"
+    )
 
 
 class BenchResult(SQLModel, table=True):

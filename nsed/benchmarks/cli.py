@@ -84,6 +84,14 @@ ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", help="TOML of DeliberationConfig fields (top level or a table)"),
 ]
+UnsandboxedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-unsandboxed",
+        help="grade model-written code even where no sandbox isolates it (it can then read "
+        "your files); without it such a run is refused",
+    ),
+]
 
 
 def _deliberation_overrides(path: Path | None) -> dict[str, Any]:
@@ -133,6 +141,7 @@ def _bench(
     vote_k: int | None,
     moa_aggregator: str | None,
     config: Path | None,
+    allow_unsandboxed: bool = False,
 ) -> None:
     from nsed.benchmarks.methods import parse_methods
 
@@ -151,6 +160,7 @@ def _bench(
             "vote_k": vote_k,
             "moa_aggregator": moa_aggregator,
             "deliberation": _deliberation_overrides(config),
+            "allow_unsandboxed": allow_unsandboxed,
         },
         "options",
     )
@@ -213,6 +223,7 @@ def _bench_command(benchmark: str, doc: str) -> None:
         vote_k: VoteKOpt = None,
         moa_aggregator: AggregatorOpt = None,
         config: ConfigOpt = None,
+        allow_unsandboxed: UnsandboxedOpt = False,
     ) -> None:
         _bench(
             benchmark,
@@ -230,6 +241,7 @@ def _bench_command(benchmark: str, doc: str) -> None:
             vote_k=vote_k,
             moa_aggregator=moa_aggregator,
             config=config,
+            allow_unsandboxed=allow_unsandboxed,
         )
 
     command.__doc__ = doc
@@ -320,6 +332,7 @@ def runs_show(
         return
     console = Console()
     console.print(_methods_table(report))
+    console.print(f"sandbox: {escape(report.sandbox or 'none (no code was run)')}")
     if report.rounds:
         table = Table(title="deliberation winner per round", title_justify="left")
         for column in ("round", "reached", "correct", "accuracy", "95% CI"):

@@ -90,6 +90,9 @@ class RunReport(BaseModel):
 
     run_id: str
     benchmark: str
+    sandbox: str | None = Field(
+        default=None, description="sandbox plan(s) model code ran under; None: no code run"
+    )
     methods: dict[str, MethodStats]
     rounds: list[RoundStats]
     agents: list[AgentStats]
@@ -212,6 +215,7 @@ def build_report(store: Store, run_id: str) -> RunReport:
     return RunReport(
         run_id=run.run_id,
         benchmark=run.benchmark,
+        sandbox=run.sandbox,
         methods={m: method_stats(rs) for m, rs in by_method.items()},
         rounds=round_stats(nsed_rows),
         agents=agent_stats(store, nsed_rows),

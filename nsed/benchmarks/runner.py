@@ -43,7 +43,7 @@ from nsed.benchmarks.methods import (
     round_one_tokens,
     sample_detail,
 )
-from nsed.benchmarks.sandbox import DEFAULT_TIMEOUT_S
+from nsed.benchmarks.sandbox import DEFAULT_TIMEOUT_S, require_isolation
 from nsed.config import AgentSpec, DeliberationConfig, TeamSpec
 from nsed.council import TeamLike, make_config, resolve_team
 from nsed.errors import ConfigError, NsedError
@@ -73,6 +73,9 @@ class BenchOptions(BaseModel):
     max_samples: int = Field(default=64, ge=1, le=1024, description="cap per method, problem")
     moa_aggregator: str | None = Field(default=None, description="default: the first agent")
     code_timeout_s: float = Field(default=DEFAULT_TIMEOUT_S, gt=0)
+    allow_unsandboxed: bool = Field(
+        default=False, description="run model code even where no sandbox plan isolates it"
+    )
     deliberation: dict[str, Any] = Field(
         default_factory=dict, description="DeliberationConfig fields (e.g. from --config)"
     )
@@ -221,13 +224,16 @@ async def run_benchmark(
         )
     run_id = run_id or new_run_id(options.benchmark)
     check_resume(store, run_id, options)
+    # Code is graded in the sandbox: refuse before any model call if it cannot isolate.
+    runs_code = any(p.kind == "code" for p in problems)
+    plan = require_isolation(options.allow_unsandboxed) if runs_code else None
     spec = resolve_team(team)
     async with EndpointPool() as pool:
         bench_team = await BenchTeam.open(spec, config, pool)
         labels = _labels(methods, bench_team)
         if options.moa_aggregator is not None:
             bench_team.seat(options.moa_aggregator)
-        _record_run(store, run_id, options, spec, labels, len(problems))
+        _record_run(store, run_id, options, spec, labels, len(problems), plan)
         runner = _Runner(store, run_id, options, bench_team, labels, problems, progress)
         status = "interrupted"  # Ctrl-C, cancellation
         try:
@@ -268,6 +274,7 @@ def _record_run(
     team: TeamSpec,
     labels: list[str],
     n_problems: int,
+    plan: str | None,
 ) -> None:
     config = _run_config(options, n_problems)
     with store.transaction() as session:
@@ -282,9 +289,14 @@ def _record_run(
                     team=json.dumps(team_record(team)),
                     config=json.dumps(config),
                     status="running",
+                    sandbox=plan,
                 )
             )
             return
+        if plan is not None and run.sandbox != plan:
+            # A resume under another plan (e.g. with --allow-unsandboxed) says so: a, then b.
+            known = (run.sandbox or "").split(", then ")
+            run.sandbox = ", then ".join([p for p in known if p and p != plan] + [plan])
         known = [m for m in run.methods.split(",") if m]
         run.methods = ",".join(dict.fromkeys([*known, *labels]))
         stored = json.loads(run.config or "{}")
@@ -433,28 +445,36 @@ class _Runner:
         key = (problem.id, normalize_final(final, problem.kind))
         if key in self._grades:
             return self._grades[key]
+        try:
+            result = await self._grade(problem, final)
+        except NsedError:
+            raise  # refusing to run code unsandboxed, bad limits: the run must stop
+        except Exception as exc:  # hostile output is this answer's failure, never the run's
+            result = (False, {"reason": f"grading error: {type(exc).__name__}: {exc}"[:300]})
+        self._grades[key] = result
+        return result
+
+    async def _grade(self, problem: Problem, final: str) -> tuple[bool, dict[str, Any]]:
         if problem.kind == "math":
             ok = await anyio.to_thread.run_sync(
                 grade_math, final, problem.answer or "", limiter=self._grade_limiter
             )
-            result: tuple[bool, dict[str, Any]] = (bool(ok), {})
-        else:
-            grade = await anyio.to_thread.run_sync(
-                partial(
-                    grade_code,
-                    final,
-                    problem,
-                    timeout_s=self.options.code_timeout_s,
-                    fail_fast=True,
-                ),
-                limiter=self._grade_limiter,
-            )
-            info = {"passed": grade.passed, "tests": grade.total}
-            if grade.first_failure:
-                info["first_failure"] = grade.first_failure
-            result = (grade.correct, info)
-        self._grades[key] = result
-        return result
+            return bool(ok), {}
+        grade = await anyio.to_thread.run_sync(
+            partial(
+                grade_code,
+                final,
+                problem,
+                timeout_s=self.options.code_timeout_s,
+                fail_fast=True,
+                allow_unsandboxed=self.options.allow_unsandboxed,
+            ),
+            limiter=self._grade_limiter,
+        )
+        info: dict[str, Any] = {"passed": grade.passed, "tests": grade.total}
+        if grade.first_failure:
+            info["first_failure"] = grade.first_failure
+        return grade.correct, info
 
     # --- the run ----------------------------------------------------------------------------
 
