@@ -87,7 +87,12 @@ class ModelSpec(BaseModel):
     )
     structured: StructuredMode = "json_schema"
     replicas: int = Field(default=1, ge=1, le=16)
-    timeout_s: float = Field(default=120.0, gt=0)
+    timeout_s: float = Field(
+        default=120.0, gt=0, description="deadline of a whole call (retries included)"
+    )
+    max_reply_bytes: int = Field(
+        default=4_000_000, ge=1024, description="larger replies are a failed call, unread"
+    )
     max_concurrency: int = Field(default=4, ge=1, description="in-flight calls to this endpoint")
     max_retries: int = Field(default=3, ge=0, le=10)
     simulation: dict[str, float | int | str] = Field(
@@ -107,8 +112,9 @@ class ModelSpec(BaseModel):
     def _check_url(cls, value: str) -> str:
         value = value.strip().rstrip("/")
         if not value.startswith(("http://", "https://", "sim://")):
+            shown = "" if "@" in value else f" {value!r}"  # may hold credentials: not echoed
             raise ValueError(
-                f"base_url {value!r} must start with http:// or https:// "
+                f"base_url{shown} must start with http:// or https:// "
                 "(for example http://127.0.0.1:8001/v1)"
             )
         return value
@@ -216,7 +222,9 @@ class DeliberationConfig(BaseModel):
     embeddings: Literal["auto", "on", "off"] = "auto"
     # Calls.
     max_tokens: int | None = Field(default=1024, ge=1, description="completion cap per call")
-    call_timeout_s: float | None = Field(default=None, gt=0)
+    call_timeout_s: float | None = Field(
+        default=None, gt=0, description="deadline of every whole call; None: each timeout_s"
+    )
     max_question_chars: int = Field(default=20_000, ge=1)
     candidate_chars: int = Field(default=4000, ge=200, description="shown per candidate")
     # Budgets (None = unlimited).

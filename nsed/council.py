@@ -109,13 +109,18 @@ def make_config(
     return validate_or_config_error(DeliberationConfig, base, "config")
 
 
-def make_backend(seat: AgentSpec, pool: EndpointPool) -> ChatBackend:
-    """The backend for one seat: HTTP for http(s) URLs, in-process simulation for sim://."""
+def make_backend(
+    seat: AgentSpec, pool: EndpointPool, timeout_s: float | None = None
+) -> ChatBackend:
+    """The backend for one seat: HTTP for http(s) URLs, in-process simulation for sim://.
+
+    ``timeout_s`` (the config's ``call_timeout_s``) replaces the model's own ``timeout_s`` as
+    the deadline of each whole call."""
     if seat.spec.kind == "simulated" or seat.spec.base_url.startswith("sim://"):
         from nsed.agents.simulated import simulated_backend
 
         return simulated_backend(seat, pool)
-    return HTTPBackend(seat.spec, pool, name=seat.name)
+    return HTTPBackend(seat.spec, pool, name=seat.name, timeout_s=timeout_s)
 
 
 def make_agent(seat: AgentSpec, backend: ChatBackend, config: DeliberationConfig) -> Agent:
@@ -291,7 +296,9 @@ class Council:
         plan = await self.broker.plan(
             config.kind,
             emit=emit,
-            make_agent=lambda seat: make_agent(seat, make_backend(seat, pool), config),
+            make_agent=lambda seat: make_agent(
+                seat, make_backend(seat, pool, config.call_timeout_s), config
+            ),
             deliberation_id=deliberation_id,
         )
         result: Deliberation | None = None
@@ -322,7 +329,7 @@ class Council:
         on_round_end: RoundHook | None = None,
         deliberation_id: str | None = None,
     ) -> Deliberation:
-        backends = {seat.name: make_backend(seat, pool) for seat in seats}
+        backends = {seat.name: make_backend(seat, pool, config.call_timeout_s) for seat in seats}
         live = await preflight(seats, backends)
         agents = [make_agent(seat, backends[seat.name], config) for seat in live]
         embedder = await anyio.to_thread.run_sync(get_embedder, config.embeddings)

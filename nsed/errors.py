@@ -4,9 +4,45 @@ Every error nsed raises on purpose derives from :class:`NsedError`. Subclasses a
 what the user must do differently: fix the configuration or input, fix or wait for a backend,
 add agents, raise a budget, relax the team constraints. Messages say what to change, and never
 contain an API key.
+
+:func:`redact_url` is how a URL becomes text anywhere in nsed (error messages, logs, traces,
+stored rows): credentials in ``user:password@`` and secret-looking query values become
+``***``. ``BackendError`` applies it to its endpoint and to every URL in its message.
 """
 
 from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+_URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+_SECRET_PARAM = re.compile(
+    r"key|token|secret|passw|pwd|sig|auth|credential|session|code|cookie", re.IGNORECASE
+)
+_QUERY_PAIR = re.compile(r"([^&=]+)=([^&]*)")
+
+
+def redact_url(url: str) -> str:
+    """``url`` safe to show: userinfo and the values of secret-looking query parameters
+    (``api_key``, ``token``, ``sig``...) and any fragment replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = _QUERY_PAIR.sub(
+        lambda m: f"{m.group(1)}=***" if _SECRET_PARAM.search(m.group(1)) else m.group(0),
+        parts.query,
+    )
+    fragment = "***" if parts.fragment else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+
+
+def redact_urls_in(text: str) -> str:
+    """``text`` with every URL in it passed through :func:`redact_url`."""
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
 
 
 class NsedError(Exception):
@@ -39,8 +75,9 @@ class SandboxUnavailable(ConfigError):
 class BackendError(NsedError):
     """A model endpoint failed after retries, or answered something unusable.
 
-    ``endpoint`` is the base URL (never with credentials), ``status`` the last HTTP status (None
-    for connection errors), ``attempts`` how many tries were made.
+    ``endpoint`` is the base URL (never with credentials: it and every URL in the message pass
+    through :func:`redact_url`), ``status`` the last HTTP status (None for connection errors),
+    ``attempts`` how many tries were made.
     """
 
     def __init__(
@@ -52,8 +89,8 @@ class BackendError(NsedError):
         attempts: int = 1,
         retryable: bool = False,
     ) -> None:
-        super().__init__(message)
-        self.endpoint = endpoint
+        super().__init__(redact_urls_in(message))
+        self.endpoint = redact_url(endpoint) if endpoint is not None else None
         self.status = status
         self.attempts = attempts
         self.retryable = retryable
@@ -113,4 +150,6 @@ __all__ = [
     "QuorumLost",
     "SandboxUnavailable",
     "StoreError",
+    "redact_url",
+    "redact_urls_in",
 ]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+from nsed.errors import redact_url
 
 
 class Usage(BaseModel):
@@ -98,13 +100,18 @@ class RoundRecord(BaseModel):
 
 
 class AgentInfo(BaseModel):
-    """Who took part (no secrets)."""
+    """Who took part (no secrets: credentials in ``base_url`` are redacted)."""
 
     name: str
     model: str
     base_url: str
     persona: str | None = None
     role: str | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _redacted(cls, value: str) -> str:
+        return redact_url(value)
 
 
 class Deliberation(BaseModel):

@@ -11,7 +11,13 @@ Retries use exponential backoff with full jitter on connect errors, 429 and 5xx,
 * with ``n > 1`` its usage counts one choice only: completion tokens are re-estimated;
 * an unknown model id is accepted silently: ``preflight`` checks ``/models`` and warns.
 
-API keys are sent as ``Authorization: Bearer`` and never logged or put in an error message.
+Every call is bounded (:mod:`nsed.agents.http_limits`): a total deadline of the model's
+``timeout_s`` (or the deliberation's ``call_timeout_s``) over the whole call, retries included,
+and a reply-size cap (``max_reply_bytes``); either is that agent's failed call.
+
+API keys are sent as ``Authorization: Bearer`` and never logged or put in an error message
+(an error body that echoes the key has it replaced); URLs become text only through
+:func:`nsed.errors.redact_url`.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import logging
 import random
 import ssl
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -29,8 +37,9 @@ import anyio
 import httpx
 from pydantic import BaseModel
 
+from nsed.agents.http_limits import call_deadline, request_capped, seconds_left
 from nsed.config import ModelSpec, StructuredMode
-from nsed.errors import BackendError, BackendTimeout, BackendUnreachable
+from nsed.errors import BackendError, BackendTimeout, BackendUnreachable, redact_url
 
 log = logging.getLogger("nsed.backend")
 
@@ -182,18 +191,21 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _error_detail(response: httpx.Response) -> str:
-    """A short, secret-free description of an error response."""
+def _error_detail(response: httpx.Response, secret: str | None = None) -> str:
+    """A short description of an error response, with ``secret`` masked should it echo it."""
+    text = response.text
     try:
         body = response.json()
         if isinstance(body, dict):
             err = body.get("error", body)
             msg = err.get("message") if isinstance(err, dict) else err
             if msg:
-                return str(msg)[:300]
-    except ValueError:
+                text = str(msg)
+    except (ValueError, RecursionError):
         pass
-    return response.text[:300] or response.reason_phrase
+    if secret:
+        text = text.replace(secret, "***")
+    return text[:300] or response.reason_phrase
 
 
 class HTTPBackend:
@@ -215,6 +227,18 @@ class HTTPBackend:
         self._pool = pool
         self._retry = retry or RetryPolicy()
         self._timeout_s = timeout_s or spec.timeout_s
+        self._where = redact_url(spec.base_url)  # the endpoint as text (logs)
+
+    @asynccontextmanager
+    async def _slot(self, ep: _Endpoint) -> AsyncIterator[None]:
+        """One of the endpoint's slots, then the call's total deadline (queueing not counted)."""
+        async with ep.limiter:
+            with call_deadline(self._timeout_s, self.base_url):
+                yield
+
+    def _detail(self, response: httpx.Response) -> str:
+        """The error detail of ``response``, with our API key masked should it echo it."""
+        return _error_detail(response, self.spec.resolved_api_key())
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
@@ -234,15 +258,24 @@ class HTTPBackend:
             return
         url = f"{self.base_url}/models"
         try:
-            response = await ep.client.get(url, headers=self._headers(), timeout=10.0)
+            with call_deadline(10.0, self.base_url):
+                response = await request_capped(
+                    ep.client,
+                    "GET",
+                    url,
+                    headers=self._headers(),
+                    timeout=10.0,
+                    max_bytes=self.spec.max_reply_bytes,
+                    endpoint=self.base_url,
+                )
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise BackendUnreachable(
                 f"cannot connect to {self.base_url} ({type(exc).__name__}): check that the "
                 "server is running and base_url is right",
                 endpoint=self.base_url,
             ) from None
-        except httpx.HTTPError as exc:
-            log.warning("preflight of %s failed: %s", self.base_url, type(exc).__name__)
+        except (httpx.HTTPError, BackendError) as exc:
+            log.warning("preflight of %s failed: %s", self._where, type(exc).__name__)
             return
         ep.checked_models.add(self.model)
         if response.status_code != 200:
@@ -256,7 +289,7 @@ class HTTPBackend:
                 "model %r is not listed by %s (it lists %s); the server may silently serve "
                 "another model",
                 self.model,
-                self.base_url,
+                self._where,
                 ", ".join(map(str, ids[:5])),
             )
 
@@ -296,7 +329,7 @@ class HTTPBackend:
         if fmt is not None:
             body["response_format"] = fmt
 
-        async with ep.limiter:
+        async with self._slot(ep):
             response, latency, retries = await self._post_with_retries(ep, body)
             if (
                 response.status_code in (400, 422)
@@ -306,7 +339,7 @@ class HTTPBackend:
                 # The backend rejects this structured-output form: step down once and remember.
                 downgrade: StructuredMode = "json_object" if mode == "json_schema" else "none"
                 log.warning(
-                    "%s rejects %s output; falling back to %s", self.base_url, mode, downgrade
+                    "%s rejects %s output; falling back to %s", self._where, mode, downgrade
                 )
                 ep.structured_downgrade = downgrade
                 new_fmt = response_format_for(downgrade, schema, schema_name)
@@ -318,7 +351,7 @@ class HTTPBackend:
                 retries += retries2 + 1
         if response.status_code != 200:
             raise BackendError(
-                f"{self.base_url} answered HTTP {response.status_code}: {_error_detail(response)}",
+                f"{self.base_url} answered HTTP {response.status_code}: {self._detail(response)}",
                 endpoint=self.base_url,
                 status=response.status_code,
                 attempts=retries + 1,
@@ -337,8 +370,15 @@ class HTTPBackend:
         started = time.perf_counter()
         while True:
             try:
-                response = await ep.client.post(
-                    url, json=body, headers=headers, timeout=self._timeout_s
+                response = await request_capped(
+                    ep.client,
+                    "POST",
+                    url,
+                    json=body,
+                    headers=headers,
+                    timeout=self._timeout_s,
+                    max_bytes=self.spec.max_reply_bytes,
+                    endpoint=self.base_url,
                 )
             except httpx.RemoteProtocolError:
                 # llama.cpp keep-alive quirk: the pooled connection was closed under us.
@@ -377,26 +417,26 @@ class HTTPBackend:
                     return response, time.perf_counter() - started, retries
                 error = BackendError(
                     f"{self.base_url} answered HTTP {response.status_code}: "
-                    f"{_error_detail(response)}",
+                    f"{self._detail(response)}",
                     endpoint=self.base_url,
                     status=response.status_code,
                     attempts=attempt + 1,
                     retryable=True,
                 )
-                if attempt >= self.spec.max_retries:
-                    return response, time.perf_counter() - started, retries
                 wait = self._retry.delay(
                     attempt, parse_retry_after(response.headers.get("retry-after"))
                 )
-                log.info("%s: HTTP %s, retry in %.2fs", self.base_url, response.status_code, wait)
+                if attempt >= self.spec.max_retries or wait >= seconds_left():
+                    return response, time.perf_counter() - started, retries
+                log.info("%s: HTTP %s, retry in %.2fs", self._where, response.status_code, wait)
                 attempt += 1
                 retries += 1
                 await anyio.sleep(wait)
                 continue
-            if attempt >= self.spec.max_retries:
-                raise error
             wait = self._retry.delay(attempt, None)
-            log.info("%s: %s, retry in %.2fs", self.base_url, error, wait)
+            if attempt >= self.spec.max_retries or wait >= seconds_left():
+                raise error
+            log.info("%s: %s, retry in %.2fs", self._where, error, wait)
             attempt += 1
             retries += 1
             await anyio.sleep(wait)

@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,7 +45,7 @@ from nsed.benchmarks.methods import (
 from nsed.benchmarks.sandbox import DEFAULT_TIMEOUT_S, require_isolation
 from nsed.config import AgentSpec, DeliberationConfig, TeamSpec
 from nsed.council import TeamLike, make_config, resolve_team
-from nsed.errors import ConfigError, NsedError
+from nsed.errors import ConfigError, NsedError, redact_url
 from nsed.problems import Problem
 from nsed.store import BenchResult, BenchRun, Store
 
@@ -133,11 +132,7 @@ def team_record(team: TeamSpec) -> dict[str, Any]:
     """
     data = team.model_dump(mode="json")
     for model in data.get("models", []):
-        parts = urlsplit(str(model.get("base_url", "")))
-        if parts.username or parts.password:
-            host = parts.hostname or ""
-            netloc = host + (f":{parts.port}" if parts.port else "")
-            model["base_url"] = urlunsplit(parts._replace(netloc=netloc))
+        model["base_url"] = redact_url(str(model.get("base_url", "")))
     return data
 
 
