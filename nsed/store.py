@@ -50,6 +50,9 @@ class DeliberationRow(SQLModel, table=True):
     cost_usd: float = 0.0
     wall_s: float = 0.0
     trace: str = Field(description="Deliberation JSON")
+    owner: str | None = Field(
+        default=None, description="key id of the server key that asked for it (not the key)"
+    )
 
 
 class BenchRun(SQLModel, table=True):
@@ -220,8 +223,8 @@ class Store:
         finally:
             session.close()
 
-    def save_deliberation(self, result: Deliberation) -> None:
-        """Store a finished deliberation (idempotent on its id)."""
+    def save_deliberation(self, result: Deliberation, *, owner: str | None = None) -> None:
+        """Store a finished deliberation (idempotent on its id); ``owner``: see the server."""
         row = DeliberationRow(
             id=result.id,
             created_at=result.started_at,
@@ -237,14 +240,22 @@ class Store:
             cost_usd=result.usage.cost_usd,
             wall_s=result.wall_s,
             trace=result.model_dump_json(),
+            owner=owner,
         )
         with self.transaction() as session:
             session.merge(row)
 
     def load_deliberation(self, deliberation_id: str) -> Deliberation | None:
+        found = self.load_owned_deliberation(deliberation_id)
+        return found[0] if found else None
+
+    def load_owned_deliberation(
+        self, deliberation_id: str
+    ) -> tuple[Deliberation, str | None] | None:
+        """The stored deliberation and its owner, or None."""
         with self.transaction() as session:
             row = session.get(DeliberationRow, deliberation_id)
-            return Deliberation.model_validate_json(row.trace) if row else None
+            return (Deliberation.model_validate_json(row.trace), row.owner) if row else None
 
     def dispose(self) -> None:
         self.engine.dispose()

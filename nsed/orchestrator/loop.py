@@ -416,8 +416,7 @@ class DeliberationRun:
             if decision.stop:
                 stopped_because = decision.reason or "max_rounds"
                 break
-        log.info("deliberation %s stopped after %d round(s): %s", self.id, len(self.rounds),
-                 stopped_because)
+        log.info("deliberation stopped after %d round(s): %s", len(self.rounds), stopped_because)
         return self._result(stopped_because, time.perf_counter() - started)
 
     def _result(self, stopped_because: str, wall_s: float) -> Deliberation:

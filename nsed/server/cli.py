@@ -10,8 +10,9 @@ Which councils are served:
 With ``--catalog`` the council is brokered: for every question the broker picks the team from
 the catalog for the request's kind (``"nsed": {"kind": ...}``) with its default policy, and keeps
 its telemetry in the nsed database (the one ``--store`` names, else the default).
-API keys come from ``NSED_SERVER_API_KEYS`` (comma-separated) and/or ``--api-keys-file``; they
-are never printed.
+API keys come from ``NSED_SERVER_API_KEYS`` (comma-separated) and/or ``--api-keys-file``;
+admin keys (which may also read every key's traces) from ``NSED_SERVER_ADMIN_KEYS`` and/or
+``--admin-keys-file``; they are never printed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from nsed.config import DeliberationConfig, TeamSpec, validate_or_config_error
 from nsed.council import resolve_team
 from nsed.errors import ConfigError
 from nsed.server import DEFAULT_COUNCIL, CouncilSpec, ServerSettings, load_api_keys, run_server
+from nsed.server.settings import ADMIN_KEYS_ENV
 
 serve_app = typer.Typer(add_completion=False)
 
@@ -48,6 +50,7 @@ def build_settings(
     councils: list[str] | None = None,
     config: Path | None = None,
     api_keys_file: Path | None = None,
+    admin_keys_file: Path | None = None,
     **limits: object,
 ) -> ServerSettings:
     """ServerSettings from the command-line values (also usable from Python)."""
@@ -75,7 +78,12 @@ def build_settings(
             )
         specs = {DEFAULT_COUNCIL: default, **specs}
     values = {k: v for k, v in limits.items() if v is not None}
-    data = {"councils": specs, "api_keys": load_api_keys(api_keys_file), **values}
+    data = {
+        "councils": specs,
+        "api_keys": load_api_keys(api_keys_file),
+        "admin_keys": load_api_keys(admin_keys_file, variable=ADMIN_KEYS_ENV),
+        **values,
+    }
     return validate_or_config_error(ServerSettings, data, "server settings")
 
 
@@ -111,6 +119,15 @@ def serve(
     max_body_bytes: Annotated[
         int | None, typer.Option(help="largest request body accepted (default 1 MB)")
     ] = None,
+    admin_keys_file: Annotated[
+        Path | None, typer.Option(help="file of admin keys, which read every trace (also env)")
+    ] = None,
+    max_connections: Annotated[
+        int | None, typer.Option(help="open connections at once; more get 503 (default 512)")
+    ] = None,
+    max_rounds: Annotated[
+        int | None, typer.Option(help="most rounds a request may ask for (default 10)")
+    ] = None,
     store: Annotated[
         bool, typer.Option(help="also save traces to the nsed database (NSED_DATABASE_URL)")
     ] = False,
@@ -132,6 +149,9 @@ def serve(
         councils=council,
         config=config,
         api_keys_file=api_keys_file,
+        admin_keys_file=admin_keys_file,
+        max_connections=max_connections,
+        max_rounds=max_rounds,
         host=host,
         port=port,
         max_concurrent=max_concurrent,
@@ -141,7 +161,8 @@ def serve(
         store_url=store_url,
     )
     console = Console(stderr=True)
-    auth = f"{len(settings.api_keys)} key(s)" if settings.api_keys else "off"
+    keys = len(settings.api_keys) + len(settings.admin_keys)
+    auth = f"{keys} key(s), {len(settings.admin_keys)} admin" if keys else "off"
     console.print(
         f"nsed: serving {', '.join(settings.model_ids())} at http://{host}:{port}/v1 "
         f"(auth {auth}, {settings.max_concurrent} concurrent, queue {settings.max_queue})"

@@ -19,6 +19,13 @@ from nsed.server.errors import ApiError
 
 # --- The request ------------------------------------------------------------------------------
 
+# Sane ranges for numbers a client sends (finite everywhere: no Infinity or NaN). What the
+# server allows on top (rounds) is ServerSettings'; see limits.check_request_limits.
+MAX_TOKENS = 1_000_000
+MAX_BUDGET_USD = 1_000_000.0
+MAX_BUDGET_TOKENS = 1_000_000_000
+SEED_RANGE = {"ge": -(2**63), "le": 2**64 - 1}
+
 
 class ContentPart(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -47,13 +54,13 @@ class StreamOptions(BaseModel):
 class NsedOptions(BaseModel):
     """The ``"nsed": {...}`` extension of a chat request."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     rounds: int | None = Field(default=None, ge=1, le=50, description="max_rounds")
     min_rounds: int | None = Field(default=None, ge=1, le=50)
     kind: Literal["math", "code", "text"] | None = None
-    budget_usd: float | None = Field(default=None, ge=0)
-    budget_tokens: int | None = Field(default=None, ge=1)
+    budget_usd: float | None = Field(default=None, ge=0, le=MAX_BUDGET_USD)
+    budget_tokens: int | None = Field(default=None, ge=1, le=MAX_BUDGET_TOKENS)
     qv_mode: Literal["budget_signed", "sqrt_raw"] | None = None
     stream_events: bool = False
 
@@ -61,21 +68,21 @@ class NsedOptions(BaseModel):
 class ChatCompletionRequest(BaseModel):
     """A ``POST /v1/chat/completions`` body, as far as a council can honour it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    n: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1, le=128)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, **SEED_RANGE)
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: dict[str, Any] | None = None
     tools: list[Any] | None = None
     tool_choice: Any = None
@@ -83,8 +90,8 @@ class ChatCompletionRequest(BaseModel):
     function_call: Any = None
     nsed: NsedOptions | None = None
     # Accepted and ignored: they tune one model's sampling or the caller's bookkeeping.
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     logit_bias: dict[str, Any] | None = None
     user: str | None = None
     metadata: dict[str, Any] | None = None
@@ -143,6 +150,8 @@ def parse_request(raw: bytes) -> ChatCompletionRequest:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "the request body is nested too deeply to be a chat request") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object")
     try:

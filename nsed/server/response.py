@@ -79,7 +79,8 @@ class DeliberationResponse(Response):
         m.deliberations.labels(name, status).inc()
         if status in ("timeout", "backend_error", "error"):
             m.failures.labels(name, status).inc()
-        log.info("run %s council=%s status=%s %.2fs", self.job.run_id, name, status, seconds)
+        # No run id here: it is the capability to read the trace (GET /v1/deliberations/{id}).
+        log.info("deliberation council=%s status=%s %.2fs", name, status, seconds)
 
     async def _respond(self, started: float) -> str:
         """Admit, deliberate, answer; returns the metrics status."""
@@ -126,7 +127,7 @@ class DeliberationResponse(Response):
         result = await job.council.run(
             job.question, config=job.config, emit=emit, deliberation_id=job.run_id
         )
-        self.runtime.remember(result)
+        self.runtime.remember(result, job.owner)
         return result
 
     def _account(self, result: Deliberation, seconds: float) -> None:
@@ -143,9 +144,11 @@ class DeliberationResponse(Response):
             return
         with anyio.CancelScope(shield=True):
             try:
-                await anyio.to_thread.run_sync(store.save_deliberation, result)
+                await anyio.to_thread.run_sync(
+                    lambda: store.save_deliberation(result, owner=self.job.owner)
+                )
             except StoreError as exc:
-                log.warning("run %s not saved: %s", result.id, exc)
+                log.warning("a trace was not saved: %s", exc)
 
     async def _stream(self) -> Deliberation:
         events_in, events_out = anyio.create_memory_object_stream[Event](math.inf)
