@@ -62,7 +62,7 @@ class TomlModel(BaseModel):
 class ModelSpec(BaseModel):
     """One model endpoint as listed under ``[[models]]`` in a team TOML."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(min_length=1, max_length=64, description="label used in traces")
     kind: Literal["openai", "simulated"] = Field(
@@ -197,7 +197,7 @@ class DeliberationConfig(BaseModel):
     """How one deliberation runs. The defaults are the README's "Protocol defaults" table;
     every value is overridable."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     kind: TaskKind = "text"
     max_rounds: int = Field(default=4, ge=1, le=50)
