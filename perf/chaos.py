@@ -277,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             "injected": dict(sorted(injected.items())),
             "backend_killed_after": n // 2,
             "bytes_stored": size,
+            "failed_errors": dict(Counter(o.error for o in chaos if o.kind == "failed")),
             "crash_errors": dict(Counter(c["error"] for c in crashes)),
             "faults_met_by_crashed": dict(crash_faults.most_common()),
         },
@@ -288,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         f"answered               {c['answered']} ({c['correct']} correct); fault-free "
         f"{f['answered']} ({f['correct']} correct)"
     )
-    print(f"failed, typed error    {c['failed_typed']}")
+    print(f"failed, typed error    {c['failed_typed']} {json.dumps(c['failed_errors'])}")
     print(f"crashed                {c['crashed']}")
     print(f"lost                   {c['lost']}")
     print(

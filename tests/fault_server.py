@@ -97,6 +97,7 @@ class FaultServer:
             lifespan="off",
             interface="asgi3",
             timeout_keep_alive=30,
+            log_level="critical",  # a hostile reply cut short is the point, not an error
         )
         self.port = self._server.port
         return self
@@ -134,6 +135,8 @@ class FaultServer:
         raw = b""
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client gave up before its request was complete
             raw += message.get("body", b"")
             if not message.get("more_body"):
                 break
@@ -158,7 +161,7 @@ class FaultServer:
                 json.dumps(self._completion(request, self._content(request))).encode(),
             )
         elif fault == "huge":
-            await self._huge(send, request)
+            await self._huge(send, receive, request)
         elif fault in ("http_500", "http_429"):
             status = int(fault.removeprefix("http_"))
             error = json.dumps({"error": {"message": f"injected {status}", "type": "server_error"}})
@@ -221,38 +224,29 @@ class FaultServer:
             task.cancel()
         return tasks[0] in done
 
+    async def _pieces(self, send: Send, receive: Receive, pieces: Any, pause_s: float) -> None:
+        """Send body pieces, pausing ``pause_s`` after each, until done or the client goes."""
+        for piece, more in pieces:
+            try:
+                await send({"type": "http.response.body", "body": piece, "more_body": more})
+            except OSError:
+                return
+            if more and not await self._wait(receive, pause_s):
+                return
+
     async def _drip(self, send: Send, receive: Receive, body: bytes) -> None:
         """Headers at once, then one byte per ``drip_interval_s`` (never a read timeout)."""
         await send(_start(200, len(body)))
-        for i in range(len(body)):
-            try:
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": body[i : i + 1],
-                        "more_body": i + 1 < len(body),
-                    }
-                )
-            except OSError:
-                return
-            if not await self._wait(receive, self.drip_interval_s):
-                return
+        pieces = ((body[i : i + 1], i + 1 < len(body)) for i in range(len(body)))
+        await self._pieces(send, receive, pieces, self.drip_interval_s)
 
-    async def _huge(self, send: Send, request: ChatRequest) -> None:
+    async def _huge(self, send: Send, receive: Receive, request: ChatRequest) -> None:
         """A completion whose content is ``huge_bytes`` of text, in 1 MB pieces, no length."""
         head, tail = json.dumps(self._completion(request, "\x00")).encode().split(b"\\u0000")
         await send(_start(200, None))  # chunked: only counting what arrives can stop it
-        piece = b"x" * 1_000_000
-        sent = 0
-        try:
-            await send({"type": "http.response.body", "body": head, "more_body": True})
-            while sent < self.huge_bytes:
-                chunk = piece[: self.huge_bytes - sent]
-                sent += len(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": tail, "more_body": False})
-        except OSError:
-            return
+        sizes = [1_000_000] * (self.huge_bytes // 1_000_000) + [self.huge_bytes % 1_000_000]
+        pieces = [(head, True), *((b"x" * n, True) for n in sizes if n), (tail, False)]
+        await self._pieces(send, receive, pieces, 0.001)
 
 
 def _malformed(fault: str, payload: dict[str, Any]) -> bytes:

@@ -107,8 +107,9 @@ _ENABLE_HINT = (
     "install util-linux's unshare (Debian/Ubuntu: apt-get install -y util-linux) and, for a "
     "non-root user, allow user namespaces (sysctl -w kernel.unprivileged_userns_clone=1 and "
     "user.max_user_namespaces > 0; on Ubuntu also kernel.apparmor_restrict_unprivileged_userns"
-    "=0); or run model code without isolation on purpose with --allow-unsandboxed "
-    "(allow_unsandboxed=True)"
+    "=0; in a container, let it create namespaces, e.g. docker run --cap-add SYS_ADMIN "
+    "--security-opt seccomp=unconfined --security-opt apparmor=unconfined); or run model "
+    "code without isolation on purpose with --allow-unsandboxed (allow_unsandboxed=True)"
 )
 
 

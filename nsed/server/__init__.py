@@ -18,12 +18,16 @@ then the answer; failures after the first byte arrive as an ``{"error": {...}}``
 Limits (``limits``): ``max_concurrent`` deliberations at once, ``max_queue`` more waiting
 (FIFO), beyond that 429 with ``Retry-After``; ``request_timeout_s`` covers queueing and
 deliberating (504). A client that disconnects cancels its deliberation and its backend calls.
+Before that (``connections``): headers within ``header_timeout_s`` (408), at most
+``max_connections`` open (503); the body within ``body_timeout_s`` (408). A trace belongs to
+the key that made it; admin keys read every trace (``limits.may_read``).
 
 Modules: ``settings`` (what is served), ``protocol`` (wire format), ``translate`` (request ->
-deliberation), ``errors`` (OpenAI error JSON), ``limits`` (auth, body size, admission),
-``metrics`` (Prometheus), ``streaming`` (SSE), ``state`` (app runtime, one job), ``response``
-(one deliberation as a response), ``routes`` (endpoints), ``app`` (``create_app``),
-``background`` (``run_server``, ``BackgroundServer``), ``cli`` (the ``nsed serve`` command).
+deliberation), ``errors`` (OpenAI error JSON), ``limits`` (auth, trace ownership, body size,
+admission), ``metrics`` (Prometheus), ``connections`` (slow and surplus connections),
+``streaming`` (SSE), ``state`` (app runtime, one job), ``response`` (one deliberation as a
+response), ``routes`` (endpoints), ``app`` (``create_app``), ``background`` (``run_server``,
+``BackgroundServer``), ``cli`` (the ``nsed serve`` command).
 """
 
 from nsed.server.app import create_app
