@@ -23,7 +23,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
-from nsed.errors import ConfigError, DataError
+from nsed.agents.http_limits import call_deadline, request_capped
+from nsed.errors import BackendError, ConfigError, DataError, redact_url
 
 log = logging.getLogger("nsed.vllm")
 
@@ -31,6 +32,7 @@ WAITING = "vllm:num_requests_waiting"
 RUNNING = "vllm:num_requests_running"
 KV_CACHE = "vllm:kv_cache_usage_perc"
 KV_CACHE_OLD = "vllm:gpu_cache_usage_perc"
+METRICS_MAX_BYTES = 4_000_000  # a /metrics page beyond this is no load signal
 
 # --- Prometheus text format ---------------------------------------------------------------------
 
@@ -176,18 +178,22 @@ async def fetch_load(
     url = metrics_url(base_url)
     if url is None:
         return None
-    try:
-        response = await client.get(url, timeout=timeout_s)
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        log.debug("no load signal from %s: %s", url, type(exc).__name__)
+    where = redact_url(url)
+    try:  # bounded like a model call: a dripping or huge /metrics is no signal, not a hang
+        with call_deadline(timeout_s, url):
+            response = await request_capped(
+                client, "GET", url, timeout=timeout_s, max_bytes=METRICS_MAX_BYTES, endpoint=url
+            )
+    except (httpx.HTTPError, httpx.InvalidURL, BackendError) as exc:
+        log.debug("no load signal from %s: %s", where, type(exc).__name__)
         return None
     if response.status_code != 200:
-        log.debug("no load signal from %s: HTTP %s", url, response.status_code)
+        log.debug("no load signal from %s: HTTP %s", where, response.status_code)
         return None
     try:
         samples = parse_prometheus(response.text)
     except DataError as exc:
-        log.debug("no load signal from %s: %s", url, exc)
+        log.debug("no load signal from %s: %s", where, exc)
         return None
     return load_from_metrics(samples, model=model)
 
