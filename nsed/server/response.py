@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from nsed.errors import StoreError
+from nsed.links import run_path
 from nsed.orchestrator.events import AgentFailed, Event, Finished, RoundScored
 from nsed.results import Deliberation
 from nsed.server.errors import ApiError, api_error_from
@@ -45,7 +46,9 @@ class DeliberationResponse(Response):
         self.runtime = runtime
         self.job = job
         self._envelope = Envelope(job.run_id, int(time.time()), job.model)
-        self._out = ResponseWriter({"x-nsed-run-id": job.run_id})
+        self._out = ResponseWriter(
+            {"x-nsed-run-id": job.run_id, "x-nsed-run-url": run_path(job.run_id)}
+        )
 
     # --- ASGI ----------------------------------------------------------------------------------
 
