@@ -13,6 +13,7 @@ recomputes. Which traces a key may list is decided in one function, :func:`reada
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import anyio
@@ -68,6 +69,12 @@ def _json(payload: Any) -> Response:
     return JSONResponse(payload)
 
 
+def _started(summary: DeliberationSummary) -> datetime:
+    """When it started, comparable whether the database kept the time zone or not (UTC)."""
+    when = summary.created_at
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
 def readable(request: Request, summaries: list[DeliberationSummary]) -> list[DeliberationSummary]:
     """The deliberations the caller's key may read: every key reads every trace today, exactly
     as ``GET /v1/deliberations/{id}`` does. The one place a per-key rule applies to lists."""
@@ -109,7 +116,7 @@ async def _deliberations(request: Request) -> Response:
         stored = await _read_store(runtime, lambda s: s.list_deliberations(offset + limit, 0))
         for summary in stored:
             found.setdefault(summary.id, summary)
-    ordered = sorted(found.values(), key=lambda s: s.created_at, reverse=True)
+    ordered = sorted(found.values(), key=_started, reverse=True)
     page = readable(request, ordered)[offset : offset + limit]
     return _json(
         {

@@ -168,7 +168,7 @@ def ui(
     ] = None,
     store: Annotated[
         bool,
-        typer.Option(help="keep runs in the nsed database and list its stored runs (default on)"),
+        typer.Option(help="keep runs in the nsed database and list its stored runs"),
     ] = True,
 ) -> None:
     """Serve the web page (and the API) for one council; prints the page's URL, opens nothing.

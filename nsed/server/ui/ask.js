@@ -97,6 +97,10 @@ class LiveRun {
       case "proposal":
         if (round) {
           round.proposals.push(event.proposal);
+          if (round.proposals.length + round.failures.length >= round.agents.length) {
+            round.phase = "reviewing";
+            this.status = `round ${event.round} · reviewing`;
+          }
           this.drawRound(event.round);
         }
         break;

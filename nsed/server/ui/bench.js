@@ -3,7 +3,7 @@
 
 import { getJSON } from "./api.js";
 import { h, replace, fmtInt, fmtUsd, fmtPct, fmtSeconds, fmtDate, fmtSigned } from "./dom.js";
-import { intervalChart, xyChart } from "./charts.js";
+import { intervalChart, legend, xyChart } from "./charts.js";
 
 function methodsTable(methods) {
   return h("div", { class: "scroll" },
@@ -107,7 +107,7 @@ export async function benchPage(main, runId, { handleError }) {
     xLabel: "completion tokens per problem (what --match-compute equalises)",
     series: methods.map((name) => {
       const m = report.methods[name];
-      return { label: name, tag: true, points: [{ x: m.tokens.completion_per_problem, value: m.accuracy, lo: m.ci95[0], hi: m.ci95[1] }] };
+      return { label: name, points: [{ x: m.tokens.completion_per_problem, value: m.accuracy, lo: m.ci95[0], hi: m.ci95[1] }] };
     }),
   });
   replace(main,
@@ -116,7 +116,7 @@ export async function benchPage(main, runId, { handleError }) {
     h("div", { class: "charts" },
       h("figure", {}, h("figcaption", {}, "Accuracy per method, 95% Wilson interval"), intervalChart(perMethod, "accuracy per method")),
       h("figure", {}, h("figcaption", {}, "Accuracy of the winner per round"), roundsChart, h("p", { class: "hint", id: "fit-note" }, page.fit_note)),
-      h("figure", {}, h("figcaption", {}, "Accuracy against tokens"), tokensChart)),
+      h("figure", {}, h("figcaption", {}, "Accuracy against tokens"), tokensChart, legend(methods))),
     methodsTable(report.methods),
     agentsTable(report.agents),
     problemsSection(page.problems, methods));

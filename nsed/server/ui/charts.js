@@ -1,7 +1,7 @@
 // Small SVG plots: accuracy with intervals per method, per round, and against tokens. The
 // numbers come from the server (nsed.benchmarks.reports); this file only draws them.
 
-import { s } from "./dom.js";
+import { h, s } from "./dom.js";
 
 const PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"];
 
@@ -23,12 +23,18 @@ function niceTicks(max, count = 5) {
   return ticks;
 }
 
+/** Which colour is which series: an HTML list under a chart. */
+export function legend(labels) {
+  return h("ul", { class: "legend" }, labels.map((label, i) =>
+    h("li", {}, h("span", { class: "swatch", style: { backgroundColor: colour(i) }, "aria-hidden": "true" }), label)));
+}
+
 /** One row per method: the accuracy as a dot, its 95% interval as a line, on [0, 1]. */
 export function intervalChart(rows, label) {
-  const left = 150;
+  const left = 170;
   const right = 60;
   const width = 640;
-  const rowH = 26;
+  const rowH = 30;
   const top = 24;
   const height = top + rows.length * rowH + 28;
   const x = (v) => left + v * (width - left - right);
@@ -90,7 +96,6 @@ export function xyChart({ series, curve = [], vline = null, xLabel, label, integ
       svg.append(s("line", { x1: x(p.x), x2: x(p.x), y1: y(p.lo), y2: y(p.hi), stroke: c, "stroke-width": 2 }));
       svg.append(s("circle", { cx: x(p.x), cy: y(p.value), r: 5, fill: c },
         s("title", {}, `${se.label}: ${(100 * p.value).toFixed(1)}% at ${p.x.toLocaleString("en-US")} (95% CI ${(100 * p.lo).toFixed(1)}–${(100 * p.hi).toFixed(1)}%)`)));
-      if (se.tag) svg.append(s("text", { x: x(p.x) + 8, y: y(p.value) - 8, class: "label small" }, se.label));
     }
   });
   return svg;

@@ -12,30 +12,31 @@ export function agentInfo(agents) {
 /** The head of a finished deliberation: final answer, winner, stop reason, usage. */
 export function outcome(d) {
   const u = d.usage || {};
+  const fact = (label, value, id) => h("div", { class: "fact" }, h("dt", {}, label), h("dd", { id }, value));
   return h("section", { class: "outcome", "aria-label": "outcome" },
-    h("div", { class: "answer-box" },
-      h("div", { class: "final-label" }, "final answer"),
-      h("div", { class: "final big", id: "final-answer" }, d.final ?? "—"),
-      h("dl", { class: "facts" },
-        h("dt", {}, "winner"), h("dd", { id: "winner" }, d.winner ?? "none"),
-        h("dt", {}, "stopped because"), h("dd", { id: "stop-reason" }, d.stopped_because || "—"),
-        h("dt", {}, "rounds"), h("dd", {}, String((d.rounds || []).length)),
-        h("dt", {}, "tokens"), h("dd", {}, `${fmtInt(u.prompt_tokens)} prompt + ${fmtInt(u.completion_tokens)} completion`),
-        h("dt", {}, "cost"), h("dd", {}, fmtUsd(u.cost_usd)),
-        h("dt", {}, "calls"), h("dd", {}, `${fmtInt(u.calls)}${u.failed_calls ? `, ${u.failed_calls} failed` : ""}${u.retries ? `, ${u.retries} retries` : ""}`),
-        h("dt", {}, "wall time"), h("dd", {}, fmtSeconds(d.wall_s)),
-        d.started_at ? [h("dt", {}, "started"), h("dd", {}, fmtDate(d.started_at))] : null)),
+    h("div", { class: "final-label" }, "final answer"),
+    h("div", { class: "final big", id: "final-answer" }, d.final ?? "—"),
+    h("dl", { class: "facts" },
+      fact("winner", d.winner ?? "none", "winner"),
+      fact("stopped because", d.stopped_because || "—", "stop-reason"),
+      fact("rounds", String((d.rounds || []).length)),
+      fact("tokens", `${fmtInt(u.prompt_tokens)} prompt + ${fmtInt(u.completion_tokens)} completion`),
+      fact("cost", fmtUsd(u.cost_usd)),
+      fact("calls", `${fmtInt(u.calls)}${u.failed_calls ? `, ${u.failed_calls} failed` : ""}${u.retries ? `, ${u.retries} retries` : ""}`),
+      fact("wall time", fmtSeconds(d.wall_s)),
+      d.started_at ? fact("started", fmtDate(d.started_at)) : null),
     fold("the winning answer in full", d.answer, "answer-full", true));
 }
 
 function agentsTable(agents) {
   if (!agents || !agents.length) return null;
-  return h("div", { class: "scroll" },
+  const table = h("div", { class: "scroll" },
     h("table", { class: "plain" },
-      h("caption", {}, "Agents"),
-      h("thead", {}, h("tr", {}, ["name", "model", "persona", "role"].map((c) => h("th", { scope: "col" }, c)))),
+      h("thead", {}, h("tr", {}, ["name", "model", "persona", "role", "endpoint"].map((c) => h("th", { scope: "col" }, c)))),
       h("tbody", {}, agents.map((a) => h("tr", {},
-        h("td", {}, a.name), h("td", {}, a.model), h("td", {}, a.persona || ""), h("td", {}, a.role || ""))))));
+        h("td", {}, a.name), h("td", {}, a.model), h("td", {}, a.persona || ""), h("td", {}, a.role || ""),
+        h("td", { class: "mono" }, a.base_url || ""))))));
+  return h("section", { class: "agents" }, fold(`agents (${agents.length}): ${agents.map((a) => a.name).join(", ")}`, table, "agents"));
 }
 
 /** The question, then `extra` (e.g. the live status), the outcome, agents and rounds. */

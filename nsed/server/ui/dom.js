@@ -1,5 +1,5 @@
 // Building DOM without HTML strings: every text goes in as a text node, so model output
-// (untrusted) can never become markup. Nothing in this page uses innerHTML.
+// (untrusted) can never become markup: no string here ever reaches the HTML parser.
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 
