@@ -18,11 +18,13 @@ import httpx
 import pytest
 
 from nsed.benchmarks.runner import BenchOptions, run_benchmark
+from nsed.broker.catalog import Catalog
 from nsed.config import DeliberationConfig, TeamSpec
 from nsed.server import BackgroundServer, CouncilSpec, ServerSettings
 from nsed.store import Store
 from tests.browser import chromium, save_readme_screenshot, screenshot
 from tests.council_scripts import agent, is_review, judge_by_answer, team_dict
+from tests.helpers import catalog_dict
 from tests.scripted_server import ChatRequest, Reply, ScriptedServer
 from tests.test_bench_runner import quick_gold, solver
 
@@ -57,6 +59,9 @@ def mallory(request: ChatRequest) -> Reply:
     return Reply(content=content)
 
 
+# A catalog council: the broker seats the five best (fa-flaky first); fa-spare waits.
+FREE_AGENTS = {"fa-a": 0.8, "fa-b": 0.8, "fa-c": 0.8, "fa-d": 0.7, "fa-spare": 0.3}
+
 # The main council's seats and the model ids they send (the scripted server routes by model).
 MODELS = {"alpha": "qwen3-8b", "beta": "llama-3.1-8b", "gamma": "gemma-3-4b"}
 
@@ -82,6 +87,9 @@ def agents() -> Iterator[ScriptedServer]:
         server.route("mallory", mallory)
         server.route("slow-a", agent("391", delay_s=3.0))
         server.route("slow-b", agent("391", delay_s=3.0))
+        for name in FREE_AGENTS:
+            server.route(name, agent("391", judge=judge))
+        server.route("fa-flaky", lambda request: Reply(status=500, content="overloaded"))
         gold = quick_gold(4)
         for name, offset in {"solver-a": 0, "solver-b": 0, "solver-c": 1}.items():
             server.route(name, solver(gold, offset))
@@ -123,6 +131,14 @@ def nsed(agents: ScriptedServer, store_url: str, bench_run_id: str) -> Iterator[
             "council": spec(agents.url, ["alpha", "beta", "gamma"]),
             "markup": spec(agents.url, ["mallory", "alpha"], max_rounds=1, min_rounds=1),
             "slow": spec(agents.url, ["slow-a", "slow-b"], max_rounds=3, min_rounds=3),
+            "brokered": CouncilSpec(
+                catalog=Catalog.model_validate(
+                    catalog_dict(agents.url, {"fa-flaky": 0.9, **FREE_AGENTS})
+                ),
+                config=DeliberationConfig(
+                    embeddings="off", kind="math", seed=7, max_rounds=2, min_rounds=2
+                ),
+            ),
         },
         api_keys=[KEY],
         store_url=store_url,
@@ -230,7 +246,7 @@ def check_rounds(page: Any, d: dict[str, Any]) -> None:
             else:
                 assert float(cell.get_attribute("data-score")) == review["score"]
                 assert cell.inner_text().strip() == f"{review['score']:+.0f}"
-        for name in models:
+        for name in (p["agent"] for p in record["proposals"]):
             self_cell = matrix.locator(f'td.self[data-reviewer="{name}"][data-candidate="{name}"]')
             assert self_cell.count() == 1
         bars = section.locator(".bar-row")
@@ -314,6 +330,28 @@ def test_cancel_stops_the_deliberation_on_the_server(tab, nsed, agents):
     before = len(agents.requests_for("slow-a"))
     page.wait_for_timeout(3500)  # longer than one scripted call: nothing new is asked
     assert len(agents.requests_for("slow-a")) == before
+
+
+def test_team_changes_and_failed_calls_appear_as_they_happen(tab, nsed, tmp_path):
+    page = tab.open("/ui/")
+    tab.enter_key()
+    page.select_option("#council", "nsed/brokered")
+    assert "broker picks the team" in page.locator(".seats").inner_text()
+    page.fill("#question", QUESTION)
+    page.click("#ask")
+    page.wait_for_selector("#final-answer")
+    d = trace(nsed, run_id_of(page))
+    events = page.locator(".events").inner_text()
+    assert "fa-flaky failed to propose in round 1" in events
+    assert "benched fa-flaky: 2 failed calls in a row" in events
+    assert "signed on fa-spare in place of fa-flaky (probation)" in events
+    first = page.locator('section.round[data-round="1"]')
+    assert "failed to propose" in first.locator('.card[data-agent="fa-flaky"]').inner_text()
+    second = page.locator('section.round[data-round="2"]')
+    assert second.locator('.card[data-agent="fa-spare"] [data-final]').inner_text() == "391"
+    assert d["final"] == "391"
+    check_rounds(page, d)
+    screenshot(page, tmp_path / "brokered.png")
 
 
 # --- Stored runs -----------------------------------------------------------------------------
