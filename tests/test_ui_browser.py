@@ -183,6 +183,8 @@ class Tab:
 
     def close(self) -> None:
         assert self.errors == [], f"script errors on the page: {self.errors}"
+        elsewhere = [u for u in self.requests if not u.startswith(self.server.root + "/")]
+        assert elsewhere == [], f"the page asked for something outside its server: {elsewhere}"
         self.context.close()
 
 

@@ -133,7 +133,9 @@ class LiveRun {
       case "answer":
         break;
       default:
+        // Team changes by name; an event this page does not know yet is still listed.
         if (TEAM_EVENTS[event.type]) this.note(TEAM_EVENTS[event.type](event));
+        else this.note(`${event.type}: ${JSON.stringify({ ...event, type: undefined })}`);
     }
     this.drawStatus();
   }

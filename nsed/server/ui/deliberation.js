@@ -50,6 +50,7 @@ export function deliberationView(d, { extra = null } = {}) {
     extra,
     outcome(d),
     agentsTable(d.agents),
+    d.config && Object.keys(d.config).length ? fold("configuration", JSON.stringify(d.config, null, 2), "config") : null,
     h("div", { class: "rounds" }, (d.rounds || []).map((r) => roundSection(fromRecord(r), { agentInfo: info, live: false }))),
   ];
 }

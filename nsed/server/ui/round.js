@@ -178,6 +178,20 @@ function summaryLine(round) {
   return h("p", { class: "round-status scored" }, parts.filter(Boolean).map((p, i) => (i ? [" · ", p] : p)));
 }
 
+// RoundRecord fields drawn on purpose; others (newer protocol versions) go under "more".
+const ROUND_FIELDS = new Set([
+  "index", "proposals", "reviews", "support", "net_support", "variance", "mean_score", "winner",
+  "winner_final", "conviction", "unanimous", "du_dt", "evidence", "prompt_tokens",
+  "completion_tokens", "cost_usd", "wall_s", "state_tokens", "failures", "agent_usage",
+]);
+
+function roundExtras(record) {
+  if (!record) return null;
+  const extra = Object.fromEntries(Object.entries(record).filter(([k, v]) =>
+    !ROUND_FIELDS.has(k) && v !== null && v !== undefined && !(Array.isArray(v) && !v.length)));
+  return Object.keys(extra).length ? JSON.stringify(extra, null, 2) : null;
+}
+
 /** The <section> of one round. `ctx.agentInfo` maps agent names to {model, persona}. */
 export function roundSection(round, ctx) {
   return h("section", { class: "round", dataset: { round: String(round.index) }, "aria-label": `round ${round.index}` },
@@ -186,5 +200,6 @@ export function roundSection(round, ctx) {
     h("div", { class: "cards" }, round.agents.map((name) => card(name, round, ctx))),
     h("div", { class: "round-detail" },
       h("div", {}, h("h4", {}, "Review matrix"), matrix(round, ctx) || h("p", { class: "hint" }, "no proposals to review")),
-      round.record ? h("div", {}, h("h4", {}, "Support S"), supportBars(round.record)) : null));
+      round.record ? h("div", {}, h("h4", {}, "Support S"), supportBars(round.record)) : null),
+    fold("more about this round", roundExtras(round.record), `r${round.index}-more`));
 }
