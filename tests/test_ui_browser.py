@@ -89,7 +89,8 @@ def agents() -> Iterator[ScriptedServer]:
         server.route("slow-b", agent("391", delay_s=3.0))
         for name in FREE_AGENTS:
             server.route(name, agent("391", judge=judge))
-        server.route("fa-flaky", lambda request: Reply(status=500, content="overloaded"))
+        for name in ("fa-flaky", "down-a", "down-b"):
+            server.route(name, lambda request: Reply(status=500, content="overloaded"))
         gold = quick_gold(4)
         for name, offset in {"solver-a": 0, "solver-b": 0, "solver-c": 1}.items():
             server.route(name, solver(gold, offset))
@@ -131,6 +132,7 @@ def nsed(agents: ScriptedServer, store_url: str, bench_run_id: str) -> Iterator[
             "council": spec(agents.url, ["alpha", "beta", "gamma"]),
             "markup": spec(agents.url, ["mallory", "alpha"], max_rounds=1, min_rounds=1),
             "slow": spec(agents.url, ["slow-a", "slow-b"], max_rounds=3, min_rounds=3),
+            "down": spec(agents.url, ["down-a", "down-b"]),
             "brokered": CouncilSpec(
                 catalog=Catalog.model_validate(
                     catalog_dict(agents.url, {"fa-flaky": 0.9, **FREE_AGENTS})
@@ -354,6 +356,25 @@ def test_team_changes_and_failed_calls_appear_as_they_happen(tab, nsed, tmp_path
     assert d["final"] == "391"
     check_rounds(page, d)
     screenshot(page, tmp_path / "brokered.png")
+
+
+def test_a_refused_key_and_a_failed_council_are_said_plainly(tab):
+    page = tab.open("/ui/")
+    page.wait_for_selector("#key-input:focus")
+    page.keyboard.type("not-the-key")
+    page.keyboard.press("Enter")
+    page.wait_for_selector(".key-message:text('refused this key')")
+    assert page.locator("#key-panel").is_visible()
+    page.fill("#key-input", KEY)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#question")
+    page.fill("#question", QUESTION)
+    page.select_option("#council", "nsed/down")
+    page.click("#ask")
+    page.wait_for_selector(".form-error .error")
+    assert "HTTP 500" in page.locator(".form-error .error").inner_text()
+    assert page.locator("#live-state").inner_text() == "failed"
+    assert page.locator("#ask").is_enabled()  # ready for another try
 
 
 # --- Stored runs -----------------------------------------------------------------------------

@@ -142,7 +142,13 @@ def test_deliberations_are_listed_newest_first_from_memory_and_store(agents, tmp
         assert top["prompt_tokens"] > 0 and "trace" not in top and "answer" not in top
         page = httpx.get(second.url + "/deliberations", params={"limit": 1, "offset": 1}).json()
         assert [d["id"] for d in page["data"]] == [older]
-        for bad in ({"limit": 0}, {"limit": "many"}, {"offset": -1}, {"limit": 501}):
+        for bad in (
+            {"limit": 0},
+            {"limit": "many"},
+            {"offset": -1},
+            {"limit": 501},
+            {"offset": 10**5},
+        ):
             response = httpx.get(second.url + "/deliberations", params=bad)
             assert response.status_code == 400
             assert response.json()["error"]["param"] in bad

@@ -31,6 +31,7 @@ from nsed.server.state import Runtime
 from nsed.store import DeliberationSummary, Store
 
 MAX_LIMIT = 500
+MAX_OFFSET = 10_000  # the list merges memory and store runs by reading offset + limit rows
 T = TypeVar("T")
 
 
@@ -109,7 +110,7 @@ async def _councils(request: Request) -> Response:
 async def _deliberations(request: Request) -> Response:
     runtime = _authorized(request)
     limit = _int_param(request, "limit", 50, 1, MAX_LIMIT)
-    offset = _int_param(request, "offset", 0, 0, 10**9)
+    offset = _int_param(request, "offset", 0, 0, MAX_OFFSET)
     # The runs kept in memory are listed first so a server without a store still shows them.
     found = {r.id: DeliberationSummary.of(r) for r in reversed(runtime.recent.values())}
     if runtime.store is not None:
