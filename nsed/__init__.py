@@ -9,9 +9,8 @@ quadratically and iterate in rounds; the winner of the last completed round is t
 
 This module is the public surface (pinned by ``tests/test_exported_members.py``): the entry
 points, the configuration and result models, the steps of agent apps (tool calls), the errors
-and the event types. Everything else
-is imported from its own module (e.g. ``nsed.council.resolve_team``,
-``nsed.config.AgentSpec``, ``nsed.server.BackgroundServer``).
+and the event types. Everything else is imported from its own module (e.g.
+``nsed.council.resolve_team``, ``nsed.config.AgentSpec``, ``nsed.server.BackgroundServer``).
 """
 
 import logging

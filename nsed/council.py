@@ -161,8 +161,8 @@ def prepare_task(
             parts = [p for p in (config.system_context, chat.system_context) if p]
             config = make_config(config, system_context="\n\n".join(parts))
     question = validate_question(question, config)
-    if step is not None:
-        question = validate_question(prompts.step_task(question, step), config)
+    if step is not None:  # the app's tools and schema are not the question: not counted
+        question = prompts.step_task(question, step)
     return question, config
 
 

@@ -137,5 +137,5 @@ def render_conversation(messages: Sequence[ChatMessage | Mapping[str, Any]]) -> 
             return Conversation(task=question, system_context=context)
         task = prompts.conversation_task(turns[:-1], question, after_tools=False)
         return Conversation(task=task, system_context=context)
-    task = prompts.conversation_task(turns, latest_user or "", after_tools=True)
+    task = prompts.conversation_task(turns, latest_user, after_tools=True)
     return Conversation(task=task, system_context=context)

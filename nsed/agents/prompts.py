@@ -433,19 +433,24 @@ def _rebase_refs(node: Any, base: str) -> Any:
 # --- Conversations: a chat as the task ----------------------------------------------------------
 
 
-def conversation_task(history: list[str], latest: str, *, after_tools: bool) -> str:
+def conversation_task(history: list[str], latest: str | None, *, after_tools: bool) -> str:
     """The task for a chat: earlier turns as context, then what to answer now.
 
-    ``after_tools``: the chat ends with tool results, so the task is to continue from them.
+    ``after_tools``: the chat ends with tool results, so the task is to continue from them
+    towards the latest user message (None: the chat has none).
     """
     context = "Conversation so far (context):\n" + "\n\n".join(history)
     if after_tools:
+        goal = (
+            f"take the next step for the latest user message:\n{latest.strip()}"
+            if latest and latest.strip()
+            else "take the next step."
+        )
         return (
             f"{context}\n\nThe tools called in the last assistant turn have returned their "
-            "results (above). Continue from them: take the next step for the latest user "
-            f"message:\n{latest.strip()}"
+            f"results (above). Continue from them: {goal}"
         )
-    return f"{context}\n\nLatest user message (answer this):\n{latest.strip()}"
+    return f"{context}\n\nLatest user message (answer this):\n{(latest or '').strip()}"
 
 
 def conversation_turn(role: str, text: str, *, name: str | None = None) -> str:
