@@ -209,6 +209,39 @@ def test_a_trace_is_read_by_its_key_and_admin_keys_only(serve, tmp_path):
     assert b"sk-alice" not in stored and b"sk-admin" not in stored
 
 
+def test_the_list_of_deliberations_shows_each_key_its_own(serve, tmp_path):
+    """The page's list (``GET /v1/deliberations``) follows the same rule, in memory and in
+    the store, and a key id never appears in it."""
+    keys = {
+        "api_keys": [SecretStr("sk-alice"), SecretStr("sk-bob")],
+        "admin_keys": [SecretStr("sk-admin")],
+    }
+    url = f"sqlite:///{tmp_path / 'nsed.db'}"
+
+    def listed(server: BackgroundServer, key: str) -> list[str]:
+        reply = httpx.get(
+            f"{server.url}/deliberations", timeout=10, headers={"authorization": f"Bearer {key}"}
+        )
+        assert reply.status_code == 200, reply.text
+        assert "owner" not in reply.text
+        return [d["id"] for d in reply.json()["data"]]
+
+    first = serve(store_url=url, **keys)
+    made = {}
+    for key in ("sk-alice", "sk-bob"):
+        reply = httpx.post(
+            f"{first.url}/chat/completions",
+            json=ASK,
+            timeout=60,
+            headers={"authorization": f"Bearer {key}"},
+        )
+        made[key] = reply.headers["x-nsed-run-id"]
+    for server in (first, serve(store_url=url, **keys)):  # from memory, then from the store
+        assert listed(server, "sk-alice") == [made["sk-alice"]]
+        assert listed(server, "sk-bob") == [made["sk-bob"]]
+        assert set(listed(server, "sk-admin")) == set(made.values())
+
+
 def test_the_info_log_of_nsed_serve_names_no_run_id(agents, tmp_path):
     """The real ``nsed serve`` (uvicorn's access log included) at its default INFO level."""
     team = tmp_path / "team.toml"
