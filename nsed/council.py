@@ -24,6 +24,7 @@ import anyio
 
 from nsed.agents.agent import Agent
 from nsed.agents.backend import ChatBackend, EndpointPool, HTTPBackend
+from nsed.agents.reasoning import is_reasoning_model
 from nsed.config import (
     TASK_KINDS,
     AgentSpec,
@@ -119,12 +120,13 @@ def make_backend(seat: AgentSpec, pool: EndpointPool) -> ChatBackend:
 
 
 def make_agent(seat: AgentSpec, backend: ChatBackend, config: DeliberationConfig) -> Agent:
+    """An agent for ``seat``; a reasoning model gets the per-kind reasoning token budget."""
     return Agent(
         seat,
         backend,
         kind=config.kind,
         max_rounds=config.max_rounds,
-        max_tokens=config.max_tokens,
+        max_tokens=config.max_tokens_for(reasoning=is_reasoning_model(seat.spec)),
         context=config.system_context,
     )
 

@@ -193,9 +193,19 @@ class ChatRequest:
         return _find_candidate_enum(self.response_format)
 
 
+_UNSET: Any = object()
+
+
 @dataclass
 class Reply:
-    """What a handler answers; a non-200 ``status`` makes an OpenAI error reply."""
+    """What a handler answers; a non-200 ``status`` makes an OpenAI error reply.
+
+    Reasoning-style replies: ``reasoning`` goes out as ``message.<reasoning_field>`` (vLLM's
+    ``reasoning``, or ``reasoning_content`` as older vLLM and llama.cpp send it), and
+    ``reasoning_tokens`` as ``usage.completion_tokens_details.reasoning_tokens``. For replies a
+    real server should never send, ``message`` replaces the whole message object and ``usage``
+    the whole usage value (``None`` leaves it out), verbatim; ``finish_reason`` may be any JSON.
+    """
 
     content: str = ""
     status: int = 200
@@ -205,7 +215,12 @@ class Reply:
     completion_tokens: int | None = None
     error_body: dict[str, Any] | None = None
     drop_connection: bool = False
-    finish_reason: str = "stop"
+    finish_reason: Any = "stop"
+    reasoning: str | None = None
+    reasoning_field: str = "reasoning_content"
+    reasoning_tokens: int | None = None
+    message: Any = _UNSET
+    usage: Any = _UNSET
 
 
 Handler = Callable[[ChatRequest], Reply | str | dict[str, Any] | list[Any]]
@@ -525,7 +540,9 @@ class ScriptedServer:
             completion_id = f"chatcmpl-scripted-{seq}"
             if not chat.stream:
                 payload = _completion(chat, replies, completion_id)
-                return JSONResponse(payload, headers=replies[0].headers)
+                # allow_nan: a test may script a reply with Infinity in it, as Python writes it
+                body = json.dumps(payload, allow_nan=True)
+                return Response(body, media_type="application/json", headers=replies[0].headers)
             streaming = True
             return StreamingResponse(
                 self._sse(chat, replies, completion_id),
@@ -613,7 +630,7 @@ def _error(
     )
 
 
-def _usage(chat: ChatRequest, replies: list[Reply]) -> dict[str, int]:
+def _usage(chat: ChatRequest, replies: list[Reply]) -> dict[str, Any]:
     first = replies[0]
     prompt = (
         first.prompt_tokens
@@ -621,18 +638,32 @@ def _usage(chat: ChatRequest, replies: list[Reply]) -> dict[str, int]:
         else _estimate_tokens(chat.prompt_chars())
     )
     completion = sum(
-        r.completion_tokens if r.completion_tokens is not None else _estimate_tokens(len(r.content))
+        r.completion_tokens
+        if r.completion_tokens is not None
+        else _estimate_tokens(len(r.content) + len(r.reasoning or ""))
         for r in replies
     )
-    return {
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
+    if first.reasoning_tokens is not None:
+        usage["completion_tokens_details"] = {"reasoning_tokens": first.reasoning_tokens}
+    return usage
+
+
+def _message(reply: Reply) -> Any:
+    if reply.message is not _UNSET:
+        return reply.message
+    message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+    if reply.reasoning is not None:
+        message[reply.reasoning_field] = reply.reasoning
+    return message
 
 
 def _completion(chat: ChatRequest, replies: list[Reply], completion_id: str) -> dict[str, Any]:
-    return {
+    payload: dict[str, Any] = {
         "id": completion_id,
         "object": "chat.completion",
         "created": int(time.time()),
@@ -640,7 +671,7 @@ def _completion(chat: ChatRequest, replies: list[Reply], completion_id: str) -> 
         "choices": [
             {
                 "index": i,
-                "message": {"role": "assistant", "content": r.content},
+                "message": _message(r),
                 "logprobs": None,
                 "finish_reason": r.finish_reason,
             }
@@ -648,6 +679,12 @@ def _completion(chat: ChatRequest, replies: list[Reply], completion_id: str) -> 
         ],
         "usage": _usage(chat, replies),
     }
+    usage = replies[0].usage
+    if usage is None:
+        del payload["usage"]
+    elif usage is not _UNSET:
+        payload["usage"] = usage
+    return payload
 
 
 def _pieces(text: str) -> list[str]:
@@ -676,6 +713,10 @@ def _stream_chunks(
     for i, reply in enumerate(replies):
         first = {"role": "assistant", "content": ""}
         yield chunk([{"index": i, "delta": first, "logprobs": None, "finish_reason": None}])
+        if reply.reasoning:
+            for piece in _pieces(reply.reasoning):
+                delta = {reply.reasoning_field: piece}
+                yield chunk([{"index": i, "delta": delta, "logprobs": None, "finish_reason": None}])
         for piece in _pieces(reply.content):
             delta = {"content": piece}
             yield chunk([{"index": i, "delta": delta, "logprobs": None, "finish_reason": None}])

@@ -31,6 +31,7 @@ PUBLIC = {
         "AgentPromoted",
         "AgentReleased",
         "AgentSignedOn",
+        "CallTruncated",
         "Event",
         "Finished",
         "ProposalReceived",
