@@ -279,6 +279,7 @@ class HTTPBackend:
         self._pool = pool
         self._retry = retry or RetryPolicy()
         self._timeout_s = timeout_s or spec.timeout_s
+        self._extra_headers = spec.resolved_headers()  # a missing variable fails here, once
 
     def _headers(self) -> dict[str, str]:
         """Content type, the API key as a bearer token, then ``extra_headers`` (which win)."""
@@ -286,7 +287,7 @@ class HTTPBackend:
         key = self.spec.resolved_api_key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        headers.update(self.spec.resolved_headers())
+        headers.update(self._extra_headers)
         return headers
 
     def _structured_mode(self, ep: _Endpoint) -> StructuredMode:
