@@ -320,3 +320,15 @@ def test_config_defaults_are_documented_values():
     assert config.reasoning_max_tokens == {"math": 38_912, "code": 38_912, "text": 32_768}
     assert config.share_reasoning is False
     assert ModelSpec(name="x", base_url="http://x/v1", model="m").structured == "auto"
+
+
+def test_a_servers_request_max_tokens_caps_the_reasoning_budgets_too():
+    from nsed.server.protocol import ChatCompletionRequest
+    from nsed.server.translate import deliberation_config
+
+    request = ChatCompletionRequest.model_validate(
+        {"model": "nsed/council", "messages": [{"role": "user", "content": "?"}],
+         "max_tokens": 5000})
+    config = deliberation_config(DeliberationConfig(), request, None)
+    assert config.max_tokens == 5000
+    assert config.reasoning_max_tokens == {"math": 5000, "code": 5000, "text": 5000}
