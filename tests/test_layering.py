@@ -4,7 +4,7 @@ Every module under ``nsed/`` is parsed with ``ast``; every import of an nsed mod
 at module level, inside functions (lazy imports) and under ``TYPE_CHECKING``. Layers, lowest
 first (the README's "Layout" section is the map):
 
-ground        errors, results, config, store, problems, serving, processes
+ground        errors, results, config, store, problems, serving, logs, processes
 agents        nsed.agents.*: talking to models
 orchestrator  nsed.orchestrator.*: one deliberation
 broker        nsed.broker.*: choosing the team
@@ -28,7 +28,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "nsed"
 
-GROUND = ("errors", "results", "config", "store", "problems", "serving", "processes")
+GROUND = ("errors", "results", "config", "store", "problems", "serving", "logs", "processes")
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ground", tuple(f"nsed.{name}" for name in GROUND)),
     ("agents", ("nsed.agents",)),
