@@ -92,6 +92,12 @@ def _serve_app() -> typer.Typer:
     return serve_app
 
 
+def _launch_app() -> typer.Typer:
+    from nsed.launch.cli import launch_app
+
+    return launch_app
+
+
 # (loader, group name or None to merge its commands into the root app, command names, extra)
 _GROUPS = (
     (_bench_app, "bench", ("bench",), "bench"),
@@ -100,6 +106,7 @@ _GROUPS = (
     (_broker_app, "broker", ("broker",), "dev"),
     (_simulate_app, None, ("simulate",), "serve"),
     (_serve_app, None, ("serve",), "serve"),
+    (_launch_app, None, ("up", "down"), "vllm"),
 )
 
 

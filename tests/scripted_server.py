@@ -278,8 +278,9 @@ class ScriptedServer:
     the concurrency a client really achieved.
     """
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
+        self._port = port  # 0: a free one, chosen when it starts
         self._lock = threading.Lock()
         self._routes: dict[str, Handler] = {}
         self._failures: dict[str, deque[_Failure]] = {}
@@ -393,6 +394,7 @@ class ScriptedServer:
             self._server = serve_in_thread(
                 self._asgi,
                 host=self.host,
+                port=self._port,
                 name="scripted-server",
                 timeout_s=timeout_s,
                 loop="asyncio",

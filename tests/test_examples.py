@@ -23,6 +23,6 @@ def test_example_catalog_loads_and_selects_a_team():
     from nsed.broker.knapsack import BrokerPolicy, select_team
 
     catalog = Catalog.from_toml(EXAMPLES / "catalog.toml")
-    selection = select_team(catalog, "math", BrokerPolicy(budget_usd=0.05, vram_gb=40))
+    selection = select_team(catalog, "math", BrokerPolicy(budget_usd=0.05, vram_gb=48))
     assert 3 <= len(selection.team) <= 5
     assert {r.name for r in selection.rejected} == {"gemma-3-12b"}

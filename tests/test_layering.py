@@ -9,8 +9,8 @@ agents        nsed.agents.*: talking to models
 orchestrator  nsed.orchestrator.*: one deliberation
 broker        nsed.broker.*: choosing the team
 council       nsed.council: the public entry points
-front ends    nsed.server, nsed.benchmarks, nsed.simulation: each its own package; an import
-              from one front end into another must be listed in FRONT_END_EDGES
+front ends    nsed.server, nsed.benchmarks, nsed.simulation, nsed.launch: each its own package;
+              an import from one front end into another must be listed in FRONT_END_EDGES
 root          nsed.cli (registers every command group), nsed/__init__ and __main__
 
 A module that no layer names fails the test: place it on purpose.
@@ -35,7 +35,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("orchestrator", ("nsed.orchestrator",)),
     ("broker", ("nsed.broker",)),
     ("council", ("nsed.council",)),
-    ("front ends", ("nsed.server", "nsed.benchmarks", "nsed.simulation")),
+    ("front ends", ("nsed.server", "nsed.benchmarks", "nsed.simulation", "nsed.launch")),
     ("root", ("nsed.cli", "nsed.__main__", "nsed")),
 )
 FRONT_ENDS = dict(LAYERS)["front ends"]
