@@ -159,7 +159,7 @@ def test_the_users_own_vllm_args_win():
     assert m.argv.count("--reasoning-parser") == 1 and flags["--dtype"] == "bfloat16"
 
 
-# --- GPUs ------------------------------------------------------------------------------------------
+# --- GPUs ----------------------------------------------------------------------------------------
 
 SMI = "0, GPU-aaa, 81559\n1, GPU-bbb, 81559\n2, GPU-ccc, 24576\n"
 
@@ -170,8 +170,10 @@ def test_gpus_from_nvidia_smi_and_cuda_visible_devices():
     every = resolve_gpus(None, None, smi=lambda: listed, environ={})
     assert [(g.index, g.device) for g in every] == [(0, "0"), (1, "1"), (2, "2")]
     # With CUDA_VISIBLE_DEVICES=2,0 nsed's GPU 0 is physical 2, and children are told so.
-    visible = resolve_gpus(None, None, smi=lambda: listed, environ={"CUDA_VISIBLE_DEVICES": "2,0"})
-    assert [(g.index, g.device, round(g.memory_gb)) for g in visible] == [(0, "2", 24), (1, "0", 80)]
+    visible = resolve_gpus(None, None, smi=lambda: listed,
+                           environ={"CUDA_VISIBLE_DEVICES": "2,0"})
+    assert [(g.index, g.device, round(g.memory_gb)) for g in visible] == [(0, "2", 24),
+                                                                          (1, "0", 80)]
     assert resolve_gpus("1", 40, smi=lambda: listed, environ={})[0].memory_gb == 40
 
 
@@ -267,7 +269,7 @@ class Up:
             if state is not None and state.ready and state.outputs:
                 return state.model_dump()
             if self.proc.poll() is not None:
-                out, err = self.proc.communicate()
+                _, err = self.proc.communicate()
                 pytest.fail(f"nsed up exited {self.proc.returncode}: {err}")
             time.sleep(0.1)
         self.proc.kill()
