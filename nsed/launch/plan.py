@@ -37,7 +37,7 @@ DEFAULT_MAX_MODEL_LEN = 32_768
 # Reasoning models: room for Qwen3's recommended 32,768 output tokens plus an 8K prompt (its
 # native context; nsed lowers a larger max_tokens to what fits, see backend.cap_that_fits).
 REASONING_MAX_MODEL_LEN = 40_960
-SEARCH_LIMIT = 200_000  # placement nodes tried before giving up
+SEARCH_LIMIT = 20_000  # placement nodes tried before giving up
 
 
 class PlannedModel(BaseModel):
@@ -142,6 +142,12 @@ class _Search:
             return False
         if i == len(self.needs):
             return True
+        # Bound: what is left to place must fit in the memory left, summed over the GPUs.
+        room = sum(self.free[g] * self.memory[g] for g in self.free)
+        if sum(v for _, v in self.needs[i:]) > room + 1e-6:
+            if i > self.deepest:
+                self.deepest, self.stuck_free = i, dict(self.free)
+            return False
         name, vram = self.needs[i]
         for group, share in self._options(vram):
             for g in group:
