@@ -163,6 +163,23 @@ class _Search:
         return False
 
 
+    def first_misfit(self) -> tuple[int, dict[int, float]] | None:
+        """Where placing greedily (each model on its best option, no backtracking) gets stuck:
+        the model a user should hear about, with the memory free then."""
+        free, self.free = self.free, {g.index: USABLE_FRACTION for g in self.gpus}
+        try:
+            for i, (_, vram) in enumerate(self.needs):
+                options = self._options(vram)
+                if not options:
+                    return i, dict(self.free)
+                group, share = options[0]
+                for g in group:
+                    self.free[g] -= share
+            return None
+        finally:
+            self.free = free
+
+
 def place(needs: list[tuple[str, float]], gpus: list[Gpu]) -> dict[str, tuple[list[int], float]]:
     """name -> (GPU indices, per-GPU memory fraction); InfeasiblePlacement when none exists."""
     if not gpus:
@@ -170,7 +187,9 @@ def place(needs: list[tuple[str, float]], gpus: list[Gpu]) -> dict[str, tuple[li
     search = _Search(needs, gpus)
     if search.run():
         return {name: (list(group), share) for name, (group, share) in search.chosen.items()}
-    name, vram = search.needs[max(search.deepest, 0)]
+    stuck = search.first_misfit()
+    at, stuck_free = stuck if stuck is not None else (max(search.deepest, 0), search.stuck_free)
+    name, vram = search.needs[at]
     indices = [g.index for g in gpus]
     listing = ", ".join(f"GPU {g.index} {g.memory_gb:g} GB" for g in gpus)
     total = sum(USABLE_FRACTION * g.memory_gb for g in gpus)
@@ -179,10 +198,8 @@ def place(needs: list[tuple[str, float]], gpus: list[Gpu]) -> dict[str, tuple[li
     elif vram > total:
         why = f"it needs more than all of them give ({total:g} GB at {USABLE_FRACTION:.0%})"
     else:
-        free = ", ".join(
-            f"GPU {g} {search.stuck_free[g] * search.memory[g]:.1f} GB" for g in search.free
-        )
-        placed = [n for n, _ in search.needs[: search.deepest]]
+        free = ", ".join(f"GPU {g} {stuck_free[g] * search.memory[g]:.1f} GB" for g in stuck_free)
+        placed = [n for n, _ in search.needs[:at]]
         after = f"after {', '.join(placed)}, " if placed else ""
         why = f"{after}free: {free}"
     raise InfeasiblePlacement(
