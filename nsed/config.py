@@ -66,6 +66,9 @@ _OWNED_BODY_KEYS = {
     "stop": None,
     "frequency_penalty": "frequency_penalty",
     "presence_penalty": "presence_penalty",
+    "tools": None,
+    "tool_choice": None,
+    "parallel_tool_calls": None,
 }
 
 
@@ -171,6 +174,11 @@ class ModelSpec(BaseModel):
     )
     vllm_args: list[str] = Field(
         default_factory=list, description="extra vllm serve arguments, e.g. ['--dtype', 'auto']"
+    )
+    tool_calling: Literal["prompt", "native"] = Field(
+        default="prompt",
+        description="how agents propose tool calls: 'prompt' asks for them in nsed's JSON step "
+        "format (any backend); 'native' passes the tools to the backend's own tool calling",
     )
     replicas: int = Field(default=1, ge=1, le=16)
     timeout_s: float = Field(default=120.0, gt=0)

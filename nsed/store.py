@@ -15,10 +15,12 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pydantic import BaseModel
 from sqlalchemy import UniqueConstraint, event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Field, Session, SQLModel, create_engine
+from sqlalchemy.orm import defer
+from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 from nsed.errors import StoreError
 from nsed.results import Deliberation
@@ -50,6 +52,40 @@ class DeliberationRow(SQLModel, table=True):
     cost_usd: float = 0.0
     wall_s: float = 0.0
     trace: str = Field(description="Deliberation JSON")
+
+
+class DeliberationSummary(BaseModel):
+    """One line of a list of deliberations: the row without its trace (the web page's Runs)."""
+
+    id: str
+    created_at: datetime
+    question: str
+    kind: str
+    final: str | None = None
+    winner: str | None = None
+    stopped_because: str
+    rounds: int
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    wall_s: float = 0.0
+
+    @classmethod
+    def of(cls, result: Deliberation) -> DeliberationSummary:
+        return cls(
+            id=result.id,
+            created_at=result.started_at,
+            question=result.question,
+            kind=result.kind,
+            final=result.final,
+            winner=result.winner,
+            stopped_because=result.stopped_because,
+            rounds=len(result.rounds),
+            prompt_tokens=result.usage.prompt_tokens,
+            completion_tokens=result.usage.completion_tokens,
+            cost_usd=result.usage.cost_usd,
+            wall_s=result.wall_s,
+        )
 
 
 class BenchRun(SQLModel, table=True):
@@ -272,6 +308,26 @@ class Store:
         with self.transaction() as session:
             row = session.get(DeliberationRow, deliberation_id)
             return Deliberation.model_validate_json(row.trace) if row else None
+
+    def list_deliberations(self, limit: int = 50, offset: int = 0) -> list[DeliberationSummary]:
+        """Stored deliberations, newest first, without reading their traces."""
+        r = DeliberationRow
+        query = (
+            select(r)
+            .options(defer(r.trace))  # type: ignore[arg-type]
+            .order_by(col(r.created_at).desc(), col(r.id))
+            .offset(offset)
+            .limit(limit)
+        )
+        with self.transaction() as session:
+            rows = session.exec(query).all()
+            return [
+                DeliberationSummary(
+                    rounds=row.n_rounds,
+                    **row.model_dump(exclude={"n_rounds", "trace", "answer"}),
+                )
+                for row in rows
+            ]
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from hypothesis import settings
 
+from tests.browser import INSTALL as BROWSER_INSTALL
+from tests.browser import browser_missing
 from tests.scripted_server import ScriptedServer
 
 # Property tests are reproducible: the "ci" profile (the default) derives every example from
@@ -37,6 +39,7 @@ def _onnx_embedder() -> str | None:
 REQUIRED_COMPONENTS: dict[str, tuple[Callable[[], str | None], str]] = {
     "integration": (_local_server, "make install-local"),
     "embed": (_onnx_embedder, "make install-dev"),
+    "browser": (browser_missing, BROWSER_INSTALL),
 }
 
 

@@ -216,11 +216,30 @@ class Reply:
     error_body: dict[str, Any] | None = None
     drop_connection: bool = False
     finish_reason: Any = "stop"
+    tool_calls: list[dict[str, Any]] | None = None  # native tool calls, in the OpenAI shape
     reasoning: str | None = None
     reasoning_field: str = "reasoning_content"
     reasoning_tokens: int | None = None
-    message: Any = _UNSET
+    raw_message: Any = _UNSET
     usage: Any = _UNSET
+
+    def finish(self) -> Any:
+        """The finish reason sent: ``tool_calls`` for a reply that calls tools, unless set."""
+        if self.tool_calls and self.finish_reason == "stop":
+            return "tool_calls"
+        return self.finish_reason
+
+    def message(self) -> Any:
+        """The message object sent (``raw_message`` verbatim when a test scripted one)."""
+        if self.raw_message is not _UNSET:
+            return self.raw_message
+        message: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+            message["content"] = self.content or None
+        if self.reasoning is not None:
+            message[self.reasoning_field] = self.reasoning
+        return message
 
 
 Handler = Callable[[ChatRequest], Reply | str | dict[str, Any] | list[Any]]
@@ -655,15 +674,6 @@ def _usage(chat: ChatRequest, replies: list[Reply]) -> dict[str, Any]:
     return usage
 
 
-def _message(reply: Reply) -> Any:
-    if reply.message is not _UNSET:
-        return reply.message
-    message: dict[str, Any] = {"role": "assistant", "content": reply.content}
-    if reply.reasoning is not None:
-        message[reply.reasoning_field] = reply.reasoning
-    return message
-
-
 def _completion(chat: ChatRequest, replies: list[Reply], completion_id: str) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "id": completion_id,
@@ -673,9 +683,9 @@ def _completion(chat: ChatRequest, replies: list[Reply], completion_id: str) -> 
         "choices": [
             {
                 "index": i,
-                "message": _message(r),
+                "message": r.message(),
                 "logprobs": None,
-                "finish_reason": r.finish_reason,
+                "finish_reason": r.finish(),
             }
             for i, r in enumerate(replies)
         ],
@@ -720,11 +730,12 @@ def _stream_chunks(
                 delta = {reply.reasoning_field: piece}
                 yield chunk([{"index": i, "delta": delta, "logprobs": None, "finish_reason": None}])
         for piece in _pieces(reply.content):
-            delta = {"content": piece}
+            delta: dict[str, Any] = {"content": piece}
             yield chunk([{"index": i, "delta": delta, "logprobs": None, "finish_reason": None}])
-        yield chunk(
-            [{"index": i, "delta": {}, "logprobs": None, "finish_reason": reply.finish_reason}]
-        )
+        for j, call in enumerate(reply.tool_calls or []):
+            delta = {"tool_calls": [{"index": j, **call}]}
+            yield chunk([{"index": i, "delta": delta, "logprobs": None, "finish_reason": None}])
+        yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": reply.finish()}])
     options = chat.body.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage"):
         yield chunk([], usage=_usage(chat, replies))

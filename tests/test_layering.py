@@ -4,7 +4,8 @@ Every module under ``nsed/`` is parsed with ``ast``; every import of an nsed mod
 at module level, inside functions (lazy imports) and under ``TYPE_CHECKING``. Layers, lowest
 first (the README's "Layout" section is the map):
 
-ground        errors, results, config, store, problems, serving, logs, processes
+ground        errors, results, config, store, problems, serving, logs, links, steps,
+              processes
 agents        nsed.agents.*: talking to models
 orchestrator  nsed.orchestrator.*: one deliberation
 broker        nsed.broker.*: choosing the team
@@ -28,7 +29,10 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "nsed"
 
-GROUND = ("errors", "results", "config", "store", "problems", "serving", "logs", "processes")
+GROUND = (
+    "errors", "results", "config", "store", "problems", "serving", "logs", "links", "steps",
+    "processes",
+)
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ground", tuple(f"nsed.{name}" for name in GROUND)),
     ("agents", ("nsed.agents",)),
@@ -43,6 +47,9 @@ FRONT_ENDS = dict(LAYERS)["front ends"]
 FRONT_END_EDGES = {
     ("nsed.simulation", "nsed.benchmarks"): (
         "nsed simulate reuses the benchmark's vote baseline (methods) and math grading"
+    ),
+    ("nsed.server", "nsed.benchmarks"): (
+        "the web page shows benchmark runs with the statistics of the reports (nsed runs show)"
     ),
 }
 

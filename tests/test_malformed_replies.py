@@ -19,16 +19,16 @@ GOOD_USAGE = {"prompt_tokens": 10, "completion_tokens": 5}
 
 
 def broken(**fields) -> Reply:
-    return Reply(**{"message": GOOD_MESSAGE, "usage": GOOD_USAGE, **fields})
+    return Reply(**{"raw_message": GOOD_MESSAGE, "usage": GOOD_USAGE, **fields})
 
 
 MALFORMED = {
-    "content is an int": broken(message={"role": "assistant", "content": 391}),
-    "content is an object": broken(message={"role": "assistant", "content": {"text": "391"}}),
+    "content is an int": broken(raw_message={"role": "assistant", "content": 391}),
+    "content is an object": broken(raw_message={"role": "assistant", "content": {"text": "391"}}),
     "a content part is a string": broken(
-        message={"role": "assistant", "content": ["391"]}),
-    "no message": broken(message=None),
-    "reasoning is a list": broken(message={**GOOD_MESSAGE, "reasoning_content": ["a", "b"]}),
+        raw_message={"role": "assistant", "content": ["391"]}),
+    "no message": broken(raw_message=None),
+    "reasoning is a list": broken(raw_message={**GOOD_MESSAGE, "reasoning_content": ["a", "b"]}),
     "usage is a string": broken(usage="10 prompt, 5 completion"),
     "token count is a string": broken(usage={"prompt_tokens": "10", "completion_tokens": 5}),
     "token count is infinite": broken(usage={"prompt_tokens": 10,
@@ -78,7 +78,7 @@ def test_a_malformed_reply_is_that_agents_failure_for_that_call(scripted_server,
 )
 def test_content_as_a_list_of_parts_is_read(scripted_server, content):
     """The shape some gateways return: the text parts are the answer, thinking parts thinking."""
-    routed(scripted_server, Reply(message={"role": "assistant", "content": content}))
+    routed(scripted_server, Reply(raw_message={"role": "assistant", "content": content}))
     scripted_server.route("gamma", _parts_proposer(content))
     result = deliberate("What is 17 * 23?", team=team_dict(scripted_server.url, NAMES),
                         config=CONFIG)
@@ -92,7 +92,7 @@ def _parts_proposer(content):
 
     def handler(request: ChatRequest) -> Reply:
         if is_proposal(request):
-            return Reply(message={"role": "assistant", "content": content})
+            return Reply(raw_message={"role": "assistant", "content": content})
         return good(request)
 
     return handler
@@ -110,7 +110,7 @@ def test_a_reply_without_usage_is_estimated_not_refused(scripted_server):
 
 def test_an_agent_whose_every_reply_is_malformed_costs_only_its_seat(scripted_server):
     routed(scripted_server, Reply())
-    scripted_server.route("gamma", lambda r: Reply(message=json.dumps(GOOD_MESSAGE)))
+    scripted_server.route("gamma", lambda r: Reply(raw_message=json.dumps(GOOD_MESSAGE)))
     result = deliberate("What is 17 * 23?", team=team_dict(scripted_server.url, NAMES),
                         config=CONFIG)
     assert result.final == "391"

@@ -271,7 +271,7 @@ def test_truncated_calls_are_counted_and_a_malformed_reply_still_answers(agents)
         return reply
 
     agents.route("cut-a", truncating)
-    agents.route("bad-b", lambda r: Reply(message={"role": "assistant", "content": 391}))
+    agents.route("bad-b", lambda r: Reply(raw_message={"role": "assistant", "content": 391}))
     agents.route("ok-c", agent("391", judge=judge_by_answer("391")))
     spec = council(agents.url, ["cut-a", "bad-b", "ok-c"])
     with BackgroundServer(ServerSettings(councils={"council": spec})) as server:
@@ -314,7 +314,7 @@ def test_unknown_model_is_404_naming_the_available_ones(nsed):
         ({"extra_body": {"nsed": {"rounds": 0}}}, "nsed.rounds", "greater than or equal to 1"),
         ({"extra_body": {"nsed": {"kind": "poetry"}}}, "nsed.kind", "math"),
         ({"extra_body": {"nsed": {"rounds": 2, "min_rounds": 3}}}, "nsed", "min_rounds"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "not supported"),
+        ({"tool_choice": "required"}, "tool_choice", "needs tools"),
         ({"extra_body": {"frobnicate": 1}}, "frobnicate", "unknown field"),
     ],
 )

@@ -60,6 +60,7 @@ class Completion(BaseModel):
 
     text: str
     texts: list[str] = []
+    tool_calls: list[dict[str, Any]] = []  # native tool calls of the first choice, as sent
     reasoning: str = ""
     finish_reason: str | None = None
     reasoning_tokens: int = 0
@@ -119,6 +120,7 @@ class ChatBackend(Protocol):
         schema_name: str = "response",
         stop: list[str] | None = None,
         n: int = 1,
+        tool_params: dict[str, Any] | None = None,
     ) -> Completion: ...
 
     async def preflight(self) -> None: ...
@@ -374,7 +376,10 @@ class HTTPBackend:
         schema_name: str = "response",
         stop: list[str] | None = None,
         n: int = 1,
+        tool_params: dict[str, Any] | None = None,
     ) -> Completion:
+        """One chat completion; ``tool_params`` (tools, tool_choice, parallel_tool_calls) go
+        into the request as they are, for backends with native tool calling."""
         ep = self._pool.endpoint(self.spec)
         body: dict[str, Any] = {"model": self.model, "messages": messages}
         temperature = temperature if temperature is not None else self.spec.temperature
@@ -394,6 +399,7 @@ class HTTPBackend:
             body["stop"] = stop
         if n > 1:
             body["n"] = n
+        body.update(tool_params or {})
         mode = self._structured_mode(ep)
         fmt = response_format_for(mode, schema, schema_name)
         if fmt is not None:
@@ -574,6 +580,7 @@ class HTTPBackend:
             text=texts[0],
             texts=texts,
             reasoning=reasoning,
+            tool_calls=reply.tool_calls,
             finish_reason=reply.finish_reason,
             reasoning_tokens=min(reasoning_tokens, completion_tokens),
             prompt_tokens=prompt_tokens,

@@ -56,6 +56,7 @@ class _Message(BaseModel):
     content: StrictStr | list[_Part] | None = None
     reasoning: StrictStr | None = None
     reasoning_content: StrictStr | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class _Choice(BaseModel):
@@ -92,6 +93,9 @@ class ReplyContent(BaseModel):
 
     texts: list[str]
     reasoning: str = Field(default="", description="the first choice's separate thinking")
+    tool_calls: list[dict[str, Any]] = Field(
+        default_factory=list, description="the first choice's native tool calls, as sent"
+    )
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -132,6 +136,7 @@ def read_reply(data: Any) -> ReplyContent:
     return ReplyContent(
         texts=texts,
         reasoning=reasoning,
+        tool_calls=list(first.tool_calls or []),
         finish_reason=reply.choices[0].finish_reason,
         prompt_tokens=usage.prompt_tokens if usage else None,
         completion_tokens=usage.completion_tokens if usage else None,
