@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel
-from sqlalchemy import UniqueConstraint, event
+from sqlalchemy import UniqueConstraint, event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import defer
@@ -139,8 +139,9 @@ class ModelStat(SQLModel, table=True):
     """Live telemetry of one model on one task kind, updated after every deliberation.
 
     ``calls`` counts attempted calls (``failures`` of them failed, ``timeouts`` of those timed
-    out); ``wins`` counts deliberations whose final answer was this model's, ``round_wins``
-    rounds it won; ``graded``/``correct`` count deliberations with a known gold answer.
+    out, ``truncations`` of the successful ones were cut at max_tokens); ``wins`` counts
+    deliberations whose final answer was this model's, ``round_wins`` rounds it won;
+    ``graded``/``correct`` count deliberations with a known gold answer.
     """
 
     __tablename__ = "model_stats"
@@ -150,6 +151,7 @@ class ModelStat(SQLModel, table=True):
     calls: int = 0
     failures: int = 0
     timeouts: int = 0
+    truncations: int = 0
     latency_ewma_s: float = 0.0
     recent_latencies: str = Field(default="[]", description="JSON list, newest last, capped")
     prompt_tokens: int = 0
@@ -214,6 +216,33 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.close()
 
 
+def _add_new_columns(engine: Engine) -> None:
+    """Give tables of an older database the columns added since (with their defaults).
+
+    ``create_all`` creates missing tables only; a column added to a table later (such as
+    ``model_stats.truncations``) is added here, so an existing database keeps working.
+    """
+    existing = inspect(engine)
+    for table in SQLModel.metadata.sorted_tables:
+        if not existing.has_table(table.name):
+            continue
+        have = {c["name"] for c in existing.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have or column.primary_key:
+                continue
+            default = column.default.arg if column.default is not None else None
+            if callable(default) or default is None:
+                continue  # only plain defaults can fill the rows already there
+            kind = column.type.compile(dialect=engine.dialect)
+            with engine.begin() as connection:
+                connection.execute(
+                    text(
+                        f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind} '
+                        f"NOT NULL DEFAULT {default!r}"
+                    )
+                )
+
+
 class Store:
     """Opens the database, creates the tables, and hands out transactional sessions."""
 
@@ -232,6 +261,7 @@ class Store:
             if self.url.startswith("sqlite"):
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             SQLModel.metadata.create_all(self.engine)
+            _add_new_columns(self.engine)
         except (SQLAlchemyError, OSError) as exc:
             raise StoreError(self._explain(exc)) from None
 

@@ -4,13 +4,14 @@ Every module under ``nsed/`` is parsed with ``ast``; every import of an nsed mod
 at module level, inside functions (lazy imports) and under ``TYPE_CHECKING``. Layers, lowest
 first (the README's "Layout" section is the map):
 
-ground        errors, results, config, store, problems, serving, logs, links, steps
+ground        errors, results, config, store, problems, serving, logs, links, steps,
+              processes
 agents        nsed.agents.*: talking to models
 orchestrator  nsed.orchestrator.*: one deliberation
 broker        nsed.broker.*: choosing the team
 council       nsed.council: the public entry points
-front ends    nsed.server, nsed.benchmarks, nsed.simulation: each its own package; an import
-              from one front end into another must be listed in FRONT_END_EDGES
+front ends    nsed.server, nsed.benchmarks, nsed.simulation, nsed.launch: each its own package;
+              an import from one front end into another must be listed in FRONT_END_EDGES
 root          nsed.cli (registers every command group), nsed/__init__ and __main__
 
 A module that no layer names fails the test: place it on purpose.
@@ -28,14 +29,17 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "nsed"
 
-GROUND = ("errors", "results", "config", "store", "problems", "serving", "logs", "links", "steps")
+GROUND = (
+    "errors", "results", "config", "store", "problems", "serving", "logs", "links", "steps",
+    "processes",
+)
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ground", tuple(f"nsed.{name}" for name in GROUND)),
     ("agents", ("nsed.agents",)),
     ("orchestrator", ("nsed.orchestrator",)),
     ("broker", ("nsed.broker",)),
     ("council", ("nsed.council",)),
-    ("front ends", ("nsed.server", "nsed.benchmarks", "nsed.simulation")),
+    ("front ends", ("nsed.server", "nsed.benchmarks", "nsed.simulation", "nsed.launch")),
     ("root", ("nsed.cli", "nsed.__main__", "nsed")),
 )
 FRONT_ENDS = dict(LAYERS)["front ends"]

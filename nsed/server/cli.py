@@ -132,6 +132,13 @@ def serve(
     store: Annotated[
         bool, typer.Option(help="also save traces to the nsed database (NSED_DATABASE_URL)")
     ] = False,
+    stream_reasoning: Annotated[
+        bool,
+        typer.Option(
+            help="stream progress as delta.reasoning_content (chat UIs' thinking pane); "
+            'a request can override it with "nsed": {"stream_reasoning": ...}'
+        ),
+    ] = False,
 ) -> None:
     """Serve councils as OpenAI-compatible models at http://HOST:PORT/v1.
 
@@ -160,6 +167,7 @@ def serve(
         request_timeout_s=timeout,
         max_body_bytes=max_body_bytes,
         store_url=store_url,
+        stream_reasoning=stream_reasoning or None,
     )
     console = Console(stderr=True)
     keys = len(settings.api_keys) + len(settings.admin_keys)
