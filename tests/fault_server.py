@@ -77,6 +77,7 @@ class FaultServer:
         self.answer = answer
         self.huge_bytes = huge_bytes
         self.drip_interval_s = drip_interval_s
+        self.models_body = json.dumps({"object": "list", "data": []}).encode()  # GET /models
         self.injected: Counter[str] = Counter()
         self.answered = 0
         self._lock = threading.Lock()
@@ -127,7 +128,7 @@ class FaultServer:
             return
         path = scope["path"].rstrip("/")
         if scope["method"] == "GET" and path.endswith("/models"):
-            await _send(send, 200, json.dumps({"object": "list", "data": []}).encode())
+            await _send(send, 200, self.models_body)
             return
         if scope["method"] != "POST" or not path.endswith("/chat/completions"):
             await _send(send, 404, b'{"error": {"message": "no route"}}')

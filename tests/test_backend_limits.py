@@ -133,6 +133,20 @@ def test_a_50_mb_reply_stays_out_of_the_trace_and_the_store(servers, tmp_path):
     assert db.stat().st_size + sum(p.stat().st_size for p in tmp_path.glob("nsed.db-*")) < 2e6
 
 
+def test_a_reply_nested_100000_deep_is_a_failed_call_and_a_quiet_preflight():
+    with FaultServer(fault=lambda r: "deep_json") as server:
+        server.models_body = b'{"data": ' + b"[" * 100_000
+        spec = ModelSpec(name="m", base_url=server.url, model="m", max_retries=0)
+        with pytest.raises(BackendError, match="not a chat completion"):
+            complete(spec)
+
+        async def preflight():
+            async with EndpointPool() as pool:
+                await HTTPBackend(spec, pool).preflight()  # a list it cannot read: no warning
+
+        anyio.run(preflight)
+
+
 # --- Item 8: credentials in a base_url -----------------------------------------------------------
 
 PASSWORD = "PASSWORD-4f1c9"

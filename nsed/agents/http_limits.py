@@ -9,7 +9,9 @@ call, never the deliberation:
   backoff) and turns its expiry into ``BackendTimeout``; :func:`seconds_left` lets a retry loop
   give up instead of sleeping past it;
 * :func:`request_capped` reads the body (after decompression) up to ``max_bytes`` and fails
-  with ``ReplyTooLarge`` beyond it, whatever ``Content-Length`` says or omits.
+  with ``ReplyTooLarge`` beyond it, whatever ``Content-Length`` says or omits; its ``.json()``
+  turns a body nested too deeply for the parser (``[`` × 100,000: RecursionError) into the
+  ValueError every caller already handles as "not JSON".
 """
 
 from __future__ import annotations
@@ -30,6 +32,16 @@ _FRAMING_HEADERS = ("content-encoding", "content-length", "transfer-encoding")
 
 class ReplyTooLarge(BackendError):
     """The reply body exceeded the model's ``max_reply_bytes``; it was dropped unread."""
+
+
+class BoundedResponse(httpx.Response):
+    """A fully read reply whose ``json()`` fails as ValueError on any unreadable body."""
+
+    def json(self, **kwargs: Any) -> Any:
+        try:
+            return super().json(**kwargs)
+        except RecursionError:
+            raise ValueError("the body is nested too deeply to be read as JSON") from None
 
 
 @contextmanager
@@ -87,9 +99,9 @@ async def request_capped(
     finally:
         await response.aclose()
     headers = [(k, v) for k, v in response.headers.multi_items() if k not in _FRAMING_HEADERS]
-    return httpx.Response(
+    return BoundedResponse(
         response.status_code, headers=headers, content=bytes(body), request=request
     )
 
 
-__all__ = ["ReplyTooLarge", "call_deadline", "request_capped", "seconds_left"]
+__all__ = ["BoundedResponse", "ReplyTooLarge", "call_deadline", "request_capped", "seconds_left"]
