@@ -85,6 +85,12 @@ def _simulate_app() -> typer.Typer:
     return simulate_app
 
 
+def _db_app() -> typer.Typer:
+    from nsed.migrations.cli import db_app
+
+    return db_app
+
+
 def _serve_app() -> typer.Typer:
     from nsed.server.cli import serve_app
 
@@ -99,6 +105,7 @@ _GROUPS = (
     (_broker_app, "broker", ("broker",), "dev"),
     (_simulate_app, None, ("simulate",), "serve"),
     (_serve_app, None, ("serve",), "serve"),
+    (_db_app, "db", ("db",), "postgres"),
 )
 
 
