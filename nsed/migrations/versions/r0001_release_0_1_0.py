@@ -20,7 +20,7 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-_NOW = sa.DateTime()
+_NOW = sa.DateTime(timezone=True)  # TIMESTAMPTZ on PostgreSQL; SQLite: DATETIME either way
 
 
 def _tables() -> list[sa.Table]:
