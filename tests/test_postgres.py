@@ -53,12 +53,15 @@ def test_migrations_on_postgres(postgres_url):
     assert schema_diff(store) == []
     with store.engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = 'r9999'"))
-    with pytest.raises(StoreError, match="r9999.*newer nsed wrote it"):
+    with pytest.raises(StoreError, match=r"r9999.*newer nsed wrote it"):
         Store(postgres_url)
 
 
 def test_many_processes_opening_a_new_postgres_database_migrate_it_once(postgres_url):
-    code = "import sys\nfrom nsed.store import Store\nprint(Store(sys.argv[1]).schema_state().revision)\n"
+    code = (
+        "import sys\nfrom nsed.store import Store\n"
+        "print(Store(sys.argv[1]).schema_state().revision)\n"
+    )
     procs = [
         subprocess.Popen([sys.executable, "-c", code, postgres_url],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
