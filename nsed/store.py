@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from sqlalchemy import UniqueConstraint, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-from sqlmodel import Field, Session, SQLModel, create_engine
+from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from nsed import migrations
 from nsed.errors import StoreError
@@ -226,6 +226,27 @@ def json_cell(text: str | None, where: str, default: Any = None) -> Any:
         ) from None
 
 
+def insert_or_ignore(
+    session: Session, table: type[SQLModel], values: dict[str, Any], keys: list[str]
+) -> None:
+    """Insert a row unless one with the same ``keys`` exists, without a unique-key error when
+    another process inserts it at the same moment (ON CONFLICT DO NOTHING)."""
+    dialect = session.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
+        session.execute(insert(table).values(**values).on_conflict_do_nothing(index_elements=keys))
+        return
+    found = session.exec(
+        select(table).where(*(getattr(table, k) == values[k] for k in keys))
+    ).first()
+    if found is None:
+        session.add(table(**values))
+        session.flush()
+
+
 def _sqlite_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
     # The driver's own transaction handling off: the "begin" listener below says how to begin.
     dbapi_connection.isolation_level = None
@@ -410,6 +431,7 @@ __all__ = [
     "ModelStat",
     "Store",
     "default_database_url",
+    "insert_or_ignore",
     "json_cell",
     "nsed_home",
 ]

@@ -36,8 +36,6 @@ import anyio
 import httpx
 from pydantic import BaseModel
 from sqlalchemy import update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, select
 
 from nsed.agents.parsing import normalize_final
@@ -45,7 +43,7 @@ from nsed.agents.vllm import MetricsCache
 from nsed.broker.catalog import CatalogEntry
 from nsed.broker.knapsack import ModelStats
 from nsed.results import Deliberation, Proposal, Usage
-from nsed.store import AgentStatusRow, ModelStat, Store
+from nsed.store import AgentStatusRow, ModelStat, Store, insert_or_ignore
 
 log = logging.getLogger("nsed.telemetry")
 
@@ -199,17 +197,12 @@ def _add(session: Session, name: str, kind: str, now: datetime, **deltas: float)
     from the current row and written before anyone else can change it.
     """
     key = (ModelStat.model_name == name, ModelStat.kind == kind)
-    dialect = session.get_bind().dialect.name
-    if dialect in ("sqlite", "postgresql"):
-        insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
-        session.execute(
-            insert(ModelStat)
-            .values(model_name=name, kind=kind, updated_at=now)
-            .on_conflict_do_nothing(index_elements=["model_name", "kind"])
-        )
-    elif session.get(ModelStat, (name, kind)) is None:
-        session.add(ModelStat(model_name=name, kind=kind, updated_at=now))
-        session.flush()
+    insert_or_ignore(
+        session,
+        ModelStat,
+        {"model_name": name, "kind": kind, "updated_at": now},
+        ["model_name", "kind"],
+    )
     values: dict[str, Any] = {
         field: getattr(ModelStat, field) + delta for field, delta in deltas.items() if delta
     }
