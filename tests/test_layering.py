@@ -9,8 +9,8 @@ agents        nsed.agents.*: talking to models
 orchestrator  nsed.orchestrator.*: one deliberation
 broker        nsed.broker.*: choosing the team
 council       nsed.council: the public entry points
-front ends    nsed.server, nsed.benchmarks, nsed.simulation, nsed.scale: each its own package; an import
-              from one front end into another must be listed in FRONT_END_EDGES
+front ends    nsed.server, nsed.benchmarks, nsed.simulation, nsed.scale: each its own package;
+              an import from one front end into another must be listed in FRONT_END_EDGES
 root          nsed.cli (registers every command group), nsed/__init__ and __main__
 
 A module that no layer names fails the test: place it on purpose.

@@ -23,6 +23,7 @@ to resume.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -220,10 +221,8 @@ async def run_on_ray(
     finally:
         with anyio.CancelScope(shield=True):
             for actor in handles:
-                try:
+                with contextlib.suppress(BackendError):  # a dead actor's row stays stale
                     await _result(actor.close.remote(status))
-                except BackendError:
-                    pass  # a dead actor's row stays stale, which is what happened to it
                 ray.kill(actor)
         close_run(store, plan, labels, beat, status, error)
     return BenchSummary(
