@@ -40,7 +40,15 @@ from nsed.results import Deliberation
 
 log = logging.getLogger("nsed.store")
 
-SQLITE_BUSY_TIMEOUT_MS = 15_000  # how long a writer waits for another one's lock
+LOCK_TIMEOUT_ENV = "NSED_DB_LOCK_TIMEOUT_S"  # how long a SQLite writer waits for the lock
+
+
+def _busy_timeout_ms() -> int:
+    """SQLite's busy timeout: NSED_DB_LOCK_TIMEOUT_S seconds, default 15."""
+    try:
+        return max(0, int(float(os.environ.get(LOCK_TIMEOUT_ENV) or 15) * 1000))
+    except ValueError:
+        raise StoreError(f"{LOCK_TIMEOUT_ENV} must be a number of seconds") from None
 
 
 def _now() -> datetime:
@@ -252,7 +260,7 @@ def _sqlite_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute(f"PRAGMA busy_timeout={_busy_timeout_ms()}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
@@ -302,7 +310,7 @@ class Store:
                 _private_sqlite_file(path)
             if backend == "sqlite":
                 connect_args: dict[str, Any] = {
-                    "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+                    "timeout": _busy_timeout_ms() / 1000,
                     "check_same_thread": False,
                 }
             elif backend == "postgresql":

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from hypothesis import settings
 
-from tests import postgres_server
+from tests import postgres_server, ray_cluster
 from tests.scripted_server import ScriptedServer
 
 # Property tests are reproducible: the "ci" profile (the default) derives every example from
@@ -39,6 +39,7 @@ REQUIRED_COMPONENTS: dict[str, tuple[Callable[[], str | None], str]] = {
     "integration": (_local_server, "make install-local"),
     "embed": (_onnx_embedder, "make install-dev"),
     "postgres": (postgres_server.missing, postgres_server.INSTALL),
+    "ray": (ray_cluster.missing, ray_cluster.INSTALL),
 }
 
 
@@ -90,3 +91,13 @@ def postgres() -> Iterator[postgres_server.PostgresServer]:
 def postgres_url(postgres: postgres_server.PostgresServer) -> str:
     """The URL of a fresh, empty PostgreSQL database for one test."""
     return postgres.new_database()
+
+
+@pytest.fixture(scope="session")
+def ray_head() -> Iterator[ray_cluster.RayCluster]:
+    """One real local Ray cluster (a head node on 127.0.0.2, 4 logical CPUs) for the session."""
+    why = ray_cluster.missing()
+    if why is not None:
+        pytest.fail(f"this test needs Ray: {why}. Install: {ray_cluster.INSTALL}", pytrace=False)
+    with ray_cluster.RayCluster(cpus=4) as cluster:
+        yield cluster

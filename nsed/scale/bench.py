@@ -4,8 +4,8 @@ The driver (the ``nsed bench`` process) checks the run exactly like the single-p
 (:func:`~nsed.benchmarks.runner.plan_run`: options, data, the stored run when resuming), opens
 the team once to learn the live seats, records the run, and computes which problems still lack
 an answer. It then starts ``actors`` :class:`BenchActor` actors and keeps each busy with two
-batches of ``concurrency`` problems at a time (one running, one queued), so a slow problem
-holds up nothing but its own batch slot.
+batches of up to ``concurrency`` problems at a time (one running, one queued), handed out
+round-robin first, so a slow problem holds up nothing but its own batch slot.
 
 Each actor, for the whole run, has its own :class:`~nsed.agents.backend.EndpointPool` and
 team, its own database connection, its own ``bench_workers`` row and heartbeat, and a limit of
@@ -196,7 +196,8 @@ async def run_on_ray(
     handles: list[Any] = [
         actor_class.remote(plan_json, store.url, f"ray actor {i + 1}/{n}") for i in range(n)
     ]
-    batches = _batches(pending, max(1, options.concurrency))
+    size = max(1, min(options.concurrency, -(-len(pending) // n)))  # every actor gets work
+    batches = _batches(pending, size)
 
     async def feed(actor: Any) -> None:
         for batch in batches:  # one shared iterator: every batch goes to exactly one actor
@@ -211,8 +212,8 @@ async def run_on_ray(
     try:
         if pending:
             async with anyio.create_task_group() as tg:
-                for actor in handles:
-                    for _ in range(BATCHES_IN_FLIGHT):
+                for _ in range(BATCHES_IN_FLIGHT):
+                    for actor in handles:  # round-robin: the first batches go to every actor
                         tg.start_soon(feed, actor)
         status = "complete" if tally["done"] == total else "incomplete"
     except Exception as exc:

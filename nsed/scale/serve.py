@@ -10,6 +10,7 @@ PostgreSQL via ``NSED_DATABASE_URL`` when the replicas run on several machines).
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import Any
 
@@ -56,9 +57,13 @@ def start(settings: ServerSettings, *, address: str = "auto", replicas: int = 2)
 
 
 def serve_on_ray(settings: ServerSettings, *, address: str = "auto", replicas: int = 2) -> None:
-    """Deploy and serve until interrupted, then take the deployment down."""
+    """Deploy and serve until interrupted (Ctrl-C or SIGTERM), then take the deployment down."""
     from ray import serve
 
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     start(settings, address=address, replicas=replicas)
     try:
         while True:
