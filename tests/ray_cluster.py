@@ -9,6 +9,7 @@ The cluster's files live in a fresh temp folder.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -122,14 +123,10 @@ class RayCluster:
         for proc, _ in reversed(nodes):  # workers first, the head last
             if proc.poll() is None:
                 proc.terminate()
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    pass
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # whatever that node left in its session
-            except ProcessLookupError:
-                pass
             if proc.poll() is None:
                 proc.wait(10)
         if self.root is not None:
