@@ -274,11 +274,12 @@ def _sqlite_begin(connection) -> None:  # type: ignore[no-untyped-def]
 
 
 def _private_sqlite_file(path: Path) -> None:
-    """Create the folder 0700 and the database file 0600 before SQLite does (it would use the
+    """Create the folders 0700 and the database file 0600 before SQLite does (it would use the
     umask, typically 0755/0644); SQLite gives its -wal/-shm files the database's mode. An
     existing folder or file keeps the permissions its owner chose."""
-    if not path.parent.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    missing = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
+    for folder in reversed(missing):  # outermost first, each one ours and private
+        folder.mkdir(mode=0o700, exist_ok=True)
     with contextlib.suppress(FileExistsError):
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 

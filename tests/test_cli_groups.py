@@ -49,7 +49,7 @@ def test_every_group_loads_and_adds_the_commands_it_declares():
         names = command_names(sub) if group is None else [group]
         assert tuple(names) == commands
         seen += names
-    assert sorted(seen) == ["bench", "broker", "models", "runs", "serve", "simulate"]
+    assert sorted(seen) == ["bench", "broker", "db", "models", "runs", "serve", "simulate"]
     assert len(set(seen)) == len(seen)
 
 

@@ -605,8 +605,8 @@ class _Runner:
 
     def _load(self) -> None:
         """Load the stored rows of this worker's problems; drop failed answers (and failed
-        samples of unfinished answers), and rows whose JSON detail no longer parses, so that a
-        resume computes them again."""
+        samples of unfinished answers), and rows whose JSON detail no longer parses (with the
+        answer built on them), so that a resume computes them again."""
         ids = [p.id for p in self.problems]
         with self.store.transaction() as session:
             query = select(BenchResult).where(
@@ -615,7 +615,8 @@ class _Runner:
             rows = list(session.exec(query).all())
             unreadable = {r.id for r in rows if not _readable(r)}
             answers = {(r.method, r.problem_id): r for r in rows if r.sample == 0}
-            retry = {k for k, r in answers.items() if r.error is not None or r.id in unreadable}
+            retry = {k for k, r in answers.items() if r.error is not None}
+            retry |= {(r.method, r.problem_id) for r in rows if r.id in unreadable}
 
             def dropped(r: BenchResult) -> bool:
                 key = (r.method, r.problem_id)
@@ -716,11 +717,17 @@ class _Runner:
             async with self.limiter:
                 await self._problem(problem)
 
-        async with anyio.create_task_group() as tg:
-            for problem in self.problems:
-                if all((label, problem.id, 0) in self.rows for label in self.labels):
-                    continue
-                tg.start_soon(one, problem)
+        try:
+            async with anyio.create_task_group() as tg:
+                for problem in self.problems:
+                    if all((label, problem.id, 0) in self.rows for label in self.labels):
+                        continue
+                    tg.start_soon(one, problem)
+        except BaseExceptionGroup as group:  # the first nsed error, as the user should see it
+            first = _first_error(group)
+            if isinstance(first, NsedError):
+                raise first from None
+            raise
 
     async def _problem(self, problem: Problem) -> None:
         target: int | None = None
@@ -928,6 +935,12 @@ class _Runner:
                 },
             )
         )
+
+
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    """The first leaf of nested task-group errors."""
+    first = group.exceptions[0]
+    return _first_error(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _readable(row: BenchResult) -> bool:
