@@ -192,9 +192,9 @@ async def run_on_ray(
     emit()
     n = max(1, min(actors, len(pending)))
     actor_class = ray.remote(num_cpus=ACTOR_CPUS, max_restarts=0)(BenchActor)
-    plan_json = plan.model_dump_json()
+    plan_ref = ray.put(plan.model_dump_json())  # in the object store once, not once per actor
     handles: list[Any] = [
-        actor_class.remote(plan_json, store.url, f"ray actor {i + 1}/{n}") for i in range(n)
+        actor_class.remote(plan_ref, store.url, f"ray actor {i + 1}/{n}") for i in range(n)
     ]
     size = max(1, min(options.concurrency, -(-len(pending) // n)))  # every actor gets work
     batches = _batches(pending, size)
