@@ -104,7 +104,7 @@ _GROUPS = (
     (_models_app, "models", ("models",), "dev"),
     (_broker_app, "broker", ("broker",), "dev"),
     (_simulate_app, None, ("simulate",), "serve"),
-    (_serve_app, None, ("serve",), "serve"),
+    (_serve_app, None, ("serve", "ui"), "serve"),
     (_db_app, "db", ("db",), "postgres"),
 )
 
@@ -244,6 +244,17 @@ def ask(
     json_output: Annotated[
         bool, typer.Option("--json", help="print the Deliberation as JSON and nothing else")
     ] = False,
+    store: Annotated[
+        bool,
+        typer.Option(help="save the trace in the nsed database and print its /ui/runs/ID page"),
+    ] = False,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            envvar="NSED_SERVER_URL",
+            help="URL of a running `nsed ui` reading the same database: implies --store",
+        ),
+    ] = None,
 ) -> None:
     """Deliberate on QUESTION with a team of models."""
     overrides = {
@@ -263,6 +274,7 @@ def ask(
     if json_output:
         result = anyio.run(lambda: council.run(question, **overrides))
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
+        _keep(result, store, server, err_console)
         return
     console = Console()
 
@@ -277,6 +289,24 @@ def ask(
     result = anyio.run(watch)
     if result is not None:
         _show_result(console, result)
+        _keep(result, store, server, console)
+
+
+def _keep(result: Deliberation, store: bool, server: str | None, console: Console) -> None:
+    """With ``--store`` or a server URL: save the trace and print the page that shows it."""
+    if not store and not server:
+        return
+    from nsed.links import DEFAULT_SERVER_URL, run_url
+    from nsed.store import Store
+
+    database = Store()
+    try:
+        database.save_deliberation(result)
+    finally:
+        database.dispose()
+    url = run_url(server or DEFAULT_SERVER_URL, result.id)
+    hint = "" if server else " (start the page with `nsed ui`)"
+    console.print(f"run page: {url}{hint}", highlight=False, soft_wrap=True)
 
 
 VerboseOption = Annotated[

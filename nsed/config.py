@@ -86,6 +86,11 @@ class ModelSpec(BaseModel):
         default=None, ge=-2, le=2, description="OpenAI sampling: penalise tokens already used"
     )
     structured: StructuredMode = "json_schema"
+    tool_calling: Literal["prompt", "native"] = Field(
+        default="prompt",
+        description="how agents propose tool calls: 'prompt' asks for them in nsed's JSON step "
+        "format (any backend); 'native' passes the tools to the backend's own tool calling",
+    )
     replicas: int = Field(default=1, ge=1, le=16)
     timeout_s: float = Field(default=120.0, gt=0)
     max_concurrency: int = Field(default=4, ge=1, description="in-flight calls to this endpoint")

@@ -24,6 +24,23 @@ class InvalidQuestion(ConfigError):
     """The question is empty, whitespace, or longer than the configured limit."""
 
 
+class InvalidConversation(InvalidQuestion):
+    """A chat conversation cannot be deliberated on; ``param`` names the message at fault."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class UnsupportedFormat(ConfigError):
+    """Tools, tool_choice or a response format that nsed cannot honour (an invalid schema, an
+    unknown tool name); ``param`` names the field to change."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class DataError(NsedError, ValueError):
     """A benchmark data file is missing, malformed (names the line) or of unknown format."""
 
@@ -77,6 +94,16 @@ class BudgetExceeded(NsedError):
     """A token or dollar budget ran out before a single round could complete."""
 
 
+class InvalidOutput(NsedError):
+    """No step the council produced satisfies the tools or answer schema, not even after the
+    formatting call; ``param`` is the request field it had to satisfy, ``reasons`` say why."""
+
+    def __init__(self, message: str, *, param: str, reasons: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        self.reasons = reasons or []
+
+
 # --- Team selection ---------------------------------------------------------------------------
 
 
@@ -103,8 +130,11 @@ __all__ = [
     "ConfigError",
     "DataError",
     "InfeasibleTeam",
+    "InvalidConversation",
+    "InvalidOutput",
     "InvalidQuestion",
     "NsedError",
     "QuorumLost",
     "StoreError",
+    "UnsupportedFormat",
 ]

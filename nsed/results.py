@@ -8,8 +8,14 @@ public names; the anonymous labels used during review stay internal.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field
+
+from nsed.errors import ConfigError
+from nsed.steps import Step
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class Usage(BaseModel):
@@ -45,6 +51,9 @@ class Proposal(BaseModel):
     parse_error: str | None = Field(default=None, description="what could not be parsed, if any")
     finish_reason: str | None = Field(default=None, description="as the backend reported it")
     truncated: bool = Field(default=False, description="cut at max_tokens: not a complete answer")
+    step: Step | None = Field(
+        default=None, description="with tools or an answer schema: the step, checked"
+    )
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float = 0.0
@@ -123,3 +132,21 @@ class Deliberation(BaseModel):
     started_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     wall_s: float = 0.0
     config: dict = Field(default_factory=dict)
+    step: Step | None = Field(
+        default=None, description="with tools or an answer schema: the chosen step (valid)"
+    )
+    parsed: Any = Field(
+        default=None,
+        description="the JSON answer; an instance of response_model when one was given",
+    )
+
+    def parsed_as(self, model: type[M]) -> M:
+        """The JSON answer as an instance of ``model`` (also for a trace read back from JSON)."""
+        if isinstance(self.parsed, model):
+            return self.parsed
+        if self.parsed is None:
+            raise ConfigError(
+                "this deliberation has no JSON answer: ask with response_model=... or "
+                "response_format=..."
+            )
+        return model.model_validate(self.parsed)

@@ -28,11 +28,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import UniqueConstraint, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-from sqlmodel import Field, Session, SQLModel, create_engine, select
+from sqlalchemy.orm import defer
+from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 from nsed import migrations
 from nsed.errors import StoreError
@@ -77,6 +78,40 @@ class DeliberationRow(SQLModel, table=True):
     cost_usd: float = 0.0
     wall_s: float = 0.0
     trace: str = Field(description="Deliberation JSON")
+
+
+class DeliberationSummary(BaseModel):
+    """One line of a list of deliberations: the row without its trace (the web page's Runs)."""
+
+    id: str
+    created_at: datetime
+    question: str
+    kind: str
+    final: str | None = None
+    winner: str | None = None
+    stopped_because: str
+    rounds: int
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    wall_s: float = 0.0
+
+    @classmethod
+    def of(cls, result: Deliberation) -> DeliberationSummary:
+        return cls(
+            id=result.id,
+            created_at=result.started_at,
+            question=result.question,
+            kind=result.kind,
+            final=result.final,
+            winner=result.winner,
+            stopped_because=result.stopped_because,
+            rounds=len(result.rounds),
+            prompt_tokens=result.usage.prompt_tokens,
+            completion_tokens=result.usage.completion_tokens,
+            cost_usd=result.usage.cost_usd,
+            wall_s=result.wall_s,
+        )
 
 
 class BenchRun(SQLModel, table=True):
@@ -424,6 +459,26 @@ class Store:
                 f"deliberations id {deliberation_id} (trace) is not a readable trace; "
                 "repair or delete that row"
             ) from None
+
+    def list_deliberations(self, limit: int = 50, offset: int = 0) -> list[DeliberationSummary]:
+        """Stored deliberations, newest first, without reading their traces."""
+        r = DeliberationRow
+        query = (
+            select(r)
+            .options(defer(r.trace))  # type: ignore[arg-type]
+            .order_by(col(r.created_at).desc(), col(r.id))
+            .offset(offset)
+            .limit(limit)
+        )
+        with self.reading() as session:
+            rows = session.exec(query).all()
+            return [
+                DeliberationSummary(
+                    rounds=row.n_rounds,
+                    **row.model_dump(exclude={"n_rounds", "trace", "answer"}),
+                )
+                for row in rows
+            ]
 
     def dispose(self) -> None:
         self.engine.dispose()

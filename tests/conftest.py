@@ -10,6 +10,8 @@ import pytest
 from hypothesis import settings
 
 from tests import postgres_server, ray_cluster
+from tests.browser import INSTALL as BROWSER_INSTALL
+from tests.browser import browser_missing
 from tests.scripted_server import ScriptedServer
 
 # Property tests are reproducible: the "ci" profile (the default) derives every example from
@@ -40,6 +42,7 @@ REQUIRED_COMPONENTS: dict[str, tuple[Callable[[], str | None], str]] = {
     "embed": (_onnx_embedder, "make install-dev"),
     "postgres": (postgres_server.missing, postgres_server.INSTALL),
     "ray": (ray_cluster.missing, ray_cluster.INSTALL),
+    "browser": (browser_missing, BROWSER_INSTALL),
 }
 
 

@@ -206,6 +206,20 @@ class Reply:
     error_body: dict[str, Any] | None = None
     drop_connection: bool = False
     finish_reason: str = "stop"
+    tool_calls: list[dict[str, Any]] | None = None  # native tool calls, in the OpenAI shape
+
+    def finish(self) -> str:
+        """The finish reason sent: ``tool_calls`` for a reply that calls tools, unless set."""
+        if self.tool_calls and self.finish_reason == "stop":
+            return "tool_calls"
+        return self.finish_reason
+
+    def message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+            message["content"] = self.content or None
+        return message
 
 
 Handler = Callable[[ChatRequest], Reply | str | dict[str, Any] | list[Any]]
@@ -640,9 +654,9 @@ def _completion(chat: ChatRequest, replies: list[Reply], completion_id: str) -> 
         "choices": [
             {
                 "index": i,
-                "message": {"role": "assistant", "content": r.content},
+                "message": r.message(),
                 "logprobs": None,
-                "finish_reason": r.finish_reason,
+                "finish_reason": r.finish(),
             }
             for i, r in enumerate(replies)
         ],
@@ -677,11 +691,12 @@ def _stream_chunks(
         first = {"role": "assistant", "content": ""}
         yield chunk([{"index": i, "delta": first, "logprobs": None, "finish_reason": None}])
         for piece in _pieces(reply.content):
-            delta = {"content": piece}
+            delta: dict[str, Any] = {"content": piece}
             yield chunk([{"index": i, "delta": delta, "logprobs": None, "finish_reason": None}])
-        yield chunk(
-            [{"index": i, "delta": {}, "logprobs": None, "finish_reason": reply.finish_reason}]
-        )
+        for j, call in enumerate(reply.tool_calls or []):
+            delta = {"tool_calls": [{"index": j, **call}]}
+            yield chunk([{"index": i, "delta": delta, "logprobs": None, "finish_reason": None}])
+        yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": reply.finish()}])
     options = chat.body.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage"):
         yield chunk([], usage=_usage(chat, replies))

@@ -12,6 +12,7 @@ PUBLIC = {
     "entry points": ["Council", "adeliberate", "deliberate"],
     "configuration": ["DeliberationConfig", "ModelSpec", "TeamSpec"],
     "results": ["Deliberation", "Proposal", "Review", "RoundRecord", "Usage"],
+    "agent apps": ["FunctionTool", "Step", "ToolCall"],
     "errors": [
         "BackendError",
         "BackendTimeout",
@@ -20,10 +21,13 @@ PUBLIC = {
         "ConfigError",
         "DataError",
         "InfeasibleTeam",
+        "InvalidConversation",
+        "InvalidOutput",
         "InvalidQuestion",
         "NsedError",
         "QuorumLost",
         "StoreError",
+        "UnsupportedFormat",
     ],
     "events": [
         "AgentBenched",

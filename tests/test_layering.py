@@ -4,7 +4,8 @@ Every module under ``nsed/`` is parsed with ``ast``; every import of an nsed mod
 at module level, inside functions (lazy imports) and under ``TYPE_CHECKING``. Layers, lowest
 first (the README's "Layout" section is the map):
 
-ground        errors, results, config, store, migrations, problems, serving
+ground        errors, results, config, store, migrations, problems, serving, logs, links,
+              steps
 agents        nsed.agents.*: talking to models
 orchestrator  nsed.orchestrator.*: one deliberation
 broker        nsed.broker.*: choosing the team
@@ -28,7 +29,10 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "nsed"
 
-GROUND = ("errors", "results", "config", "store", "migrations", "problems", "serving")
+GROUND = (
+    "errors", "results", "config", "store", "migrations", "problems", "serving", "logs", "links",
+    "steps",
+)
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ground", tuple(f"nsed.{name}" for name in GROUND)),
     ("agents", ("nsed.agents",)),
@@ -53,6 +57,9 @@ FRONT_END_EDGES = {
     ("nsed.scale", "nsed.server"): "nsed serve --ray serves the server's ASGI app on Ray Serve",
     ("nsed.server", "nsed.scale"): (
         "nsed serve --ray hands the app to Ray Serve (imported only with --ray)"
+    ),
+    ("nsed.server", "nsed.benchmarks"): (
+        "the web page shows benchmark runs with the statistics of the reports (nsed runs show)"
     ),
 }
 

@@ -264,7 +264,7 @@ def test_unknown_model_is_404_naming_the_available_ones(nsed):
         ({"extra_body": {"nsed": {"rounds": 0}}}, "nsed.rounds", "greater than or equal to 1"),
         ({"extra_body": {"nsed": {"kind": "poetry"}}}, "nsed.kind", "math"),
         ({"extra_body": {"nsed": {"rounds": 2, "min_rounds": 3}}}, "nsed", "min_rounds"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "not supported"),
+        ({"tool_choice": "required"}, "tool_choice", "needs tools"),
         ({"extra_body": {"frobnicate": 1}}, "frobnicate", "unknown field"),
     ],
 )

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from nsed.agents import prompts
 from nsed.agents.backend import ChatBackend, Completion
-from nsed.agents.parsing import ParsedReviews, parse_proposal, parse_reviews
+from nsed.agents.parsing import ParsedReviews, extract_final, parse_proposal, parse_reviews
+from nsed.agents.step_parsing import parse_step
 from nsed.config import AgentSpec
 from nsed.results import Proposal
+from nsed.steps import StepFormat
 
 
 class Agent:
@@ -28,8 +30,10 @@ class Agent:
         max_rounds: int,
         max_tokens: int | None = None,
         context: str | None = None,
+        step: StepFormat | None = None,
     ) -> None:
         self.seat = seat
+        self.step = step  # tools / answer schema: proposals are steps (see propose_step)
         self.name = seat.name
         self.backend = backend
         self.kind = kind
@@ -49,6 +53,8 @@ class Agent:
     async def propose(
         self, question: str, *, round_index: int, state_view: str | None
     ) -> tuple[Proposal, Completion]:
+        if self.step is not None:
+            return await self.propose_step(question, round_index=round_index, state_view=state_view)
         user = prompts.proposal_prompt(
             round_index=round_index, question=question, state_view=state_view
         )
@@ -128,3 +134,79 @@ class Agent:
         )
         known = [*labels, own_label] if own_label else labels
         return parse_reviews(completion.text, known), completion
+
+    # --- steps: tool calls and JSON answers (agent apps) ------------------------------------
+
+    async def propose_step(
+        self, question: str, *, round_index: int, state_view: str | None
+    ) -> tuple[Proposal, Completion]:
+        """Propose the next step: a final answer or tool calls, in this agent's step format.
+
+        A seat with ``tool_calling = "native"`` gets the tools as the request's ``tools``;
+        the others are asked for nsed's JSON step format under its schema.
+        """
+        assert self.step is not None
+        native = self.seat.spec.tool_calling == "native" and bool(self.step.offered())
+        user = prompts.step_proposal_prompt(
+            round_index=round_index,
+            question=question,
+            state_view=state_view,
+            fmt=self.step,
+            native=native,
+        )
+        completion = await self.backend.complete(
+            self._messages(user),
+            temperature=self.seat.temperature,
+            max_tokens=self._max_tokens,
+            seed=self._seed(round_index, 0),
+            schema=None if native else prompts.step_schema(self.step),
+            schema_name=prompts.STEP_SCHEMA_NAME,
+            tool_params=self.step.openai_tool_params() if native else None,
+        )
+        return self._step_proposal(completion), completion
+
+    async def restate_step(self, question: str, proposal: Proposal) -> tuple[Proposal, Completion]:
+        """The formatting call: restate ``proposal`` (which does not fit) in the step format."""
+        assert self.step is not None
+        text = proposal.answer
+        if proposal.reasoning.strip():
+            text = f"Reasoning:\n{proposal.reasoning.strip()}\n\nAnswer:\n{proposal.answer}"
+        errors = proposal.step.errors if proposal.step is not None else []
+        user = prompts.formatting_prompt(question, text, errors, self.step)
+        completion = await self.backend.complete(
+            self._messages(user),
+            temperature=0.0,
+            max_tokens=self._max_tokens,
+            seed=self.seat.seed,
+            schema=prompts.step_schema(self.step),
+            schema_name=prompts.STEP_SCHEMA_NAME,
+        )
+        restated = self._step_proposal(completion)
+        if restated.step is not None:
+            restated.step = restated.step.model_copy(update={"formatted": True})
+        return restated, completion
+
+    def _step_proposal(self, completion: Completion) -> Proposal:
+        assert self.step is not None
+        parsed = parse_step(completion.text, completion.tool_calls, self.step)
+        step = parsed.step
+        if completion.truncated:  # a cut-off step may parse, but it is not what was meant
+            step = step.model_copy(update={"errors": [*step.errors, "cut off at max_tokens"]})
+        if step.kind == "answer" and step.parsed is None:
+            answer = step.content or ""
+            final = extract_final(answer, self.kind)  # type: ignore[arg-type]
+        else:
+            answer, final = prompts.render_step(step), step.key()
+        return Proposal(
+            agent=self.name,
+            reasoning=parsed.reasoning,
+            answer=answer,
+            final=final,
+            parse_error="; ".join(parsed.notes) or None,
+            finish_reason=completion.finish_reason,
+            truncated=completion.truncated,
+            step=step,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            latency_s=completion.latency_s,
+        )

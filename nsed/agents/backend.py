@@ -47,6 +47,7 @@ class Completion(BaseModel):
 
     text: str
     texts: list[str] = []
+    tool_calls: list[dict[str, Any]] = []  # native tool calls of the first choice, as sent
     reasoning: str = ""
     finish_reason: str | None = None
     reasoning_tokens: int = 0
@@ -83,6 +84,7 @@ class ChatBackend(Protocol):
         schema_name: str = "response",
         stop: list[str] | None = None,
         n: int = 1,
+        tool_params: dict[str, Any] | None = None,
     ) -> Completion: ...
 
     async def preflight(self) -> None: ...
@@ -271,7 +273,10 @@ class HTTPBackend:
         schema_name: str = "response",
         stop: list[str] | None = None,
         n: int = 1,
+        tool_params: dict[str, Any] | None = None,
     ) -> Completion:
+        """One chat completion; ``tool_params`` (tools, tool_choice, parallel_tool_calls) go
+        into the request as they are, for backends with native tool calling."""
         ep = self._pool.endpoint(self.spec)
         body: dict[str, Any] = {"model": self.model, "messages": messages}
         temperature = temperature if temperature is not None else self.spec.temperature
@@ -291,6 +296,7 @@ class HTTPBackend:
             body["stop"] = stop
         if n > 1:
             body["n"] = n
+        body.update(tool_params or {})
         mode: StructuredMode = ep.structured_downgrade or self.spec.structured
         fmt = response_format_for(mode, schema, schema_name)
         if fmt is not None:
@@ -409,6 +415,7 @@ class HTTPBackend:
             choices = data["choices"]
             texts = [(c.get("message") or {}).get("content") or "" for c in choices]
             finish = choices[0].get("finish_reason") if choices else None
+            tool_calls = list((choices[0].get("message") or {}).get("tool_calls") or [])
         except (ValueError, KeyError, TypeError, AttributeError):
             raise BackendError(
                 f"{self.base_url} returned a response that is not a chat completion",
@@ -438,6 +445,7 @@ class HTTPBackend:
         return Completion(
             text=texts[0],
             texts=texts,
+            tool_calls=tool_calls,
             finish_reason=finish,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,

@@ -527,6 +527,7 @@ class SimulatedBackend:
         schema_name: str = "response",
         stop: list[str] | None = None,
         n: int = 1,
+        tool_params: dict[str, Any] | None = None,  # simulated agents call no tools
     ) -> Completion:
         if seed is None and self._spec is not None:
             seed = self._spec.seed  # what HTTPBackend sends, so both transports agree

@@ -238,6 +238,51 @@ def build_report(store: Store, run_id: str) -> RunReport:
     )
 
 
+class MethodAnswer(BaseModel):
+    predicted: str | None = None
+    correct: bool = False
+    error: str | None = None
+    deliberation_id: str | None = None
+
+
+class ProblemRow(BaseModel):
+    """One problem of a run: the gold answer and what each method answered (sample 0)."""
+
+    problem_id: str
+    gold: str | None = None
+    answers: dict[str, MethodAnswer]
+    disagree: bool = Field(description="the methods that answered did not all give one answer")
+
+
+def problem_rows(store: Store, run_id: str) -> list[ProblemRow]:
+    """The run's problems in id order, each with every method's answer (the page's table)."""
+    _get_run(store, run_id)
+    by_problem: dict[str, list[BenchResult]] = {}
+    for row in _answers(store, run_id):
+        by_problem.setdefault(row.problem_id, []).append(row)
+    table = []
+    for pid in sorted(by_problem):
+        rows = by_problem[pid]
+        given = {" ".join(r.predicted.split()) for r in rows if r.predicted is not None}
+        table.append(
+            ProblemRow(
+                problem_id=pid,
+                gold=next((r.gold for r in rows if r.gold is not None), None),
+                answers={
+                    r.method: MethodAnswer(
+                        predicted=r.predicted,
+                        correct=r.correct,
+                        error=r.error,
+                        deliberation_id=r.deliberation_id,
+                    )
+                    for r in rows
+                },
+                disagree=len(given) > 1,
+            )
+        )
+    return table
+
+
 def run_status(
     stored: str,
     workers: list[BenchWorker],
@@ -324,6 +369,12 @@ def fatigue_fit(report: RunReport) -> tuple[FatigueFit | None, str]:
     return fit, f"U(t) fit: R² = {fit.r2:.3f}, T_opt = {t_opt} rounds"
 
 
+def fitted_curve(fit: FatigueFit, until: float, points: int = 101) -> list[tuple[float, float]]:
+    """(t, U(t)) on an even grid from 0 to ``until`` rounds: the fitted curve as drawn."""
+    grid = [until * i / (points - 1) for i in range(points)]
+    return [(t, utility(t, fit.params)) for t in grid]
+
+
 def plot_run(report: RunReport, out_dir: str | Path) -> list[Path]:
     """Write ``accuracy_per_round.png`` (with the fitted U(t)) and ``accuracy_vs_tokens.png``.
 
@@ -353,8 +404,8 @@ def plot_run(report: RunReport, out_dir: str | Path) -> list[Path]:
         ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", capsize=3, label="winner accuracy (95% CI)")
         fit, note = fatigue_fit(report)
         if fit is not None:
-            grid = [max(xs) * i / 100 for i in range(101)]
-            ax.plot(grid, [utility(t, fit.params) for t in grid], "-", label="fitted U(t)")
+            curve = fitted_curve(fit, max(xs))
+            ax.plot(*zip(*curve, strict=True), "-", label="fitted U(t)")
             if math.isfinite(fit.t_opt) and fit.t_opt <= 2 * max(xs):
                 ax.axvline(fit.t_opt, linestyle=":", color="grey", label="T_opt")
         ax.set_xticks(xs)
@@ -394,7 +445,9 @@ def plot_run(report: RunReport, out_dir: str | Path) -> list[Path]:
 
 __all__ = [
     "AgentStats",
+    "MethodAnswer",
     "MethodStats",
+    "ProblemRow",
     "RoundStats",
     "RunListing",
     "RunReport",
@@ -402,9 +455,11 @@ __all__ = [
     "agent_stats",
     "build_report",
     "fatigue_fit",
+    "fitted_curve",
     "list_runs",
     "method_stats",
     "plot_run",
+    "problem_rows",
     "round_stats",
     "wilson_interval",
 ]

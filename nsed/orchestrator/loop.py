@@ -43,6 +43,7 @@ from nsed.orchestrator.events import (
     RoundStarted,
 )
 from nsed.orchestrator.similarity import Embedder
+from nsed.orchestrator.step_outcome import ballot, settle_step
 from nsed.orchestrator.stopping import EvidenceTracker, FatigueParams, StopInputs, should_stop
 from nsed.orchestrator.voting import quadratic_vote
 from nsed.results import (
@@ -367,8 +368,10 @@ class DeliberationRun:
                     )
                 stopped_because = "quorum_lost"
                 break
-            await self._review(record, proposals)
-            self._score(record, proposals)
+            candidates = ballot(proposals)  # a step that breaks its format cannot win
+            if candidates:
+                await self._review(record, candidates)
+                self._score(record, candidates)
             du_dt, evidence = self._evidence.add(index, record.conviction)
             record.du_dt, record.evidence = du_dt, evidence
             self.state = await anyio.to_thread.run_sync(
@@ -459,7 +462,7 @@ async def run_deliberation(
     deliberation_id: str | None = None,
     on_round_end: RoundHook | None = None,
 ) -> Deliberation:
-    """Run one deliberation and emit ``Finished`` with its result."""
+    """Run one deliberation and emit ``Finished`` with its result (and its step, if any)."""
     run = DeliberationRun(
         question,
         agents,
@@ -470,6 +473,6 @@ async def run_deliberation(
         deliberation_id=deliberation_id,
         on_round_end=on_round_end,
     )
-    result = await run.run()
+    result = await settle_step(run, await run.run())
     await run.emit(Finished(deliberation=result))
     return result

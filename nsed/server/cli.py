@@ -1,4 +1,5 @@
-"""``nsed serve``: serve councils as OpenAI-compatible models (registered in :mod:`nsed.cli`).
+"""``nsed serve`` and ``nsed ui``: serve councils as OpenAI-compatible models and the web page
+(both registered in :mod:`nsed.cli`).
 
 Which councils are served:
 
@@ -166,4 +167,72 @@ def serve(
     run_server(settings)
 
 
-__all__ = ["build_settings", "parse_council_option", "serve_app"]
+@serve_app.command()
+def ui(
+    team: Annotated[
+        Path | None, typer.Option(help="team TOML (default: NSED_TEAM, OPENAI_BASE_URL, local)")
+    ] = None,
+    catalog: Annotated[
+        Path | None, typer.Option(help="catalog TOML: the broker picks the team per question")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="deliberation config TOML for the council")
+    ] = None,
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on (0: any free port)")] = 8000,
+    api_keys_file: Annotated[
+        Path | None, typer.Option(help="file with one bearer key per line (also env)")
+    ] = None,
+    store: Annotated[
+        bool,
+        typer.Option(help="keep runs in the nsed database and list its stored runs"),
+    ] = True,
+) -> None:
+    """Serve the web page (and the API) for one council; prints the page's URL, opens nothing.
+
+    The page asks questions, streams the deliberation round by round and opens stored runs
+    (/ui/runs/ID). Stop it with Ctrl-C.
+    """
+    from nsed.links import UI_ROOT
+    from nsed.server.app import create_app
+    from nsed.serving import serve_in_thread
+    from nsed.store import default_database_url
+
+    logs.default_level(logging.WARNING)
+    settings = build_settings(
+        team=team,
+        catalog=catalog,
+        config=config,
+        api_keys_file=api_keys_file,
+        host=host,
+        port=port,
+        store_url=default_database_url() if store else None,
+    )
+    try:
+        server = serve_in_thread(
+            create_app(settings),
+            host=host,
+            port=port,
+            name="nsed-ui",
+            timeout_s=60,
+            log_config=None,
+            lifespan="on",
+            timeout_graceful_shutdown=2,
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; pass another --port"
+        ) from None
+    auth = "; enter one of its API keys in the page" if settings.api_keys else ""
+    kept = "runs are kept in the nsed database" if store else "runs are kept in memory only"
+    Console(stderr=True).print(f"nsed: serving {settings.model_ids()[0]} ({kept}{auth})")
+    typer.echo(f"http://{host}:{server.port}{UI_ROOT}")
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+__all__ = ["build_settings", "parse_council_option", "serve_app", "ui"]

@@ -1,8 +1,10 @@
 """The OpenAI chat-completions wire format, as far as a council can honour it.
 
 Requests are validated here, at the boundary, so that what a council cannot do (``n > 1``,
-tools, logprobs, JSON response formats) is refused with a 400 that names the parameter, and
-responses are built in one place so the JSON and the SSE shapes stay the same.
+logprobs, the deprecated ``functions``) is refused with a 400 that names the parameter, and
+responses are built in one place so the JSON and the SSE shapes stay the same. Tools,
+``tool_choice``, ``parallel_tool_calls`` and JSON ``response_format``s are honoured: the council
+deliberates on the next step (``nsed.steps``), returned as ``message.tool_calls`` or content.
 """
 
 from __future__ import annotations
@@ -13,29 +15,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from nsed.agents.conversation import ChatMessage
 from nsed.config import format_validation_error
 from nsed.results import Deliberation
 from nsed.server.errors import ApiError
+from nsed.steps import Step
 
 # --- The request ------------------------------------------------------------------------------
-
-
-class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    type: str
-    text: str | None = None
-
-
-class ChatMessage(BaseModel):
-    """One message; fields beyond these (``refusal``, ``audio``...) are ignored."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[ContentPart] | None = None
-    name: str | None = None
-    tool_calls: list[Any] | None = None
 
 
 class StreamOptions(BaseModel):
@@ -77,8 +63,10 @@ class ChatCompletionRequest(BaseModel):
     logprobs: bool | None = None
     top_logprobs: int | None = None
     response_format: dict[str, Any] | None = None
+    # The next step of an agent app (nsed.steps): checked by translate.build_step_format.
     tools: list[Any] | None = None
     tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
     functions: list[Any] | None = None
     function_call: Any = None
     nsed: NsedOptions | None = None
@@ -90,7 +78,6 @@ class ChatCompletionRequest(BaseModel):
     metadata: dict[str, Any] | None = None
     store: bool | None = None
     service_tier: str | None = None
-    parallel_tool_calls: bool | None = None
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None
     reasoning_effort: str | None = None
@@ -103,18 +90,14 @@ class ChatCompletionRequest(BaseModel):
                 f"n={self.n} is not supported: a council returns one deliberated answer; "
                 "use n=1 (or send separate requests)",
             )
-        if self.tools or self.functions or self.tool_choice not in (None, "none"):
-            raise _Refused("tools", "tool calling is not supported by nsed; remove tools")
-        if self.function_call not in (None, "none"):
-            raise _Refused("function_call", "function calling is not supported; remove it")
+        if self.functions or self.function_call not in (None, "none"):
+            raise _Refused(
+                "functions" if self.functions else "function_call",
+                "functions and function_call are deprecated by OpenAI and not supported; "
+                "send the same functions as tools (and tool_choice)",
+            )
         if self.logprobs or self.top_logprobs:
             raise _Refused("logprobs", "logprobs are not available for a deliberated answer")
-        if self.response_format and self.response_format.get("type") not in (None, "text"):
-            raise _Refused(
-                "response_format",
-                "only response_format {'type': 'text'} is supported; ask for the format in the "
-                "messages instead",
-            )
         stops = self.stop_sequences()
         if len(stops) > 4 or any(not s for s in stops):
             raise _Refused("stop", "stop takes up to 4 non-empty strings")
@@ -195,12 +178,15 @@ class Envelope:
     run_id: str
     created: int
     model: str
+    include_usage: bool = False  # stream_options.include_usage: every chunk has "usage"
 
     def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         """A ``chat.completion.chunk``; choices get the null fields the SDK expects."""
         for choice in choices:
             choice.setdefault("logprobs", None)
             choice.setdefault("finish_reason", None)
+        if self.include_usage:
+            extra.setdefault("usage", None)  # null on all but the last chunk, as OpenAI does
         return {
             "id": f"chatcmpl-{self.run_id}",
             "object": "chat.completion.chunk",
@@ -212,7 +198,13 @@ class Envelope:
         }
 
     def completion(self, answer: str, result: Deliberation) -> dict[str, Any]:
-        """A ``chat.completion`` whose message is ``answer`` (the result's, stops applied)."""
+        """A ``chat.completion`` whose message is ``answer`` (the result's, stops applied), or
+        the chosen step's tool calls."""
+        message: dict[str, Any] = {"role": "assistant", "content": answer, "refusal": None}
+        tool_calls = result.step.tool_calls if result.step is not None else []
+        if tool_calls:
+            message["content"] = None
+            message["tool_calls"] = [call.openai() for call in tool_calls]
         return {
             "id": f"chatcmpl-{self.run_id}",
             "object": "chat.completion",
@@ -222,11 +214,31 @@ class Envelope:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": answer, "refusal": None},
+                    "message": message,
                     "logprobs": None,
-                    "finish_reason": "stop",
+                    "finish_reason": finish_reason_of(result),
                 }
             ],
             "usage": usage_of(result),
             "nsed": summary_of(result),
         }
+
+
+def finish_reason_of(result: Deliberation) -> str:
+    """``tool_calls`` when the council's step calls tools, else ``stop``."""
+    return "tool_calls" if result.step is not None and result.step.tool_calls else "stop"
+
+
+def tool_call_deltas(step: Step, size: int = 80) -> list[dict[str, Any]]:
+    """A step's tool calls as standard stream deltas: id and name, then the arguments' text."""
+    deltas: list[dict[str, Any]] = []
+    for index, call in enumerate(step.tool_calls):
+        head = {"name": call.name, "arguments": ""}
+        deltas.append(
+            {"tool_calls": [{"index": index, "id": call.id, "type": "function", "function": head}]}
+        )
+        text = call.arguments_json()
+        for start in range(0, len(text), size):
+            piece = {"arguments": text[start : start + size]}
+            deltas.append({"tool_calls": [{"index": index, "function": piece}]})
+    return deltas

@@ -16,11 +16,18 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from nsed.errors import StoreError
+from nsed.links import run_path
 from nsed.orchestrator.events import AgentFailed, Event, Finished, RoundScored
 from nsed.results import Deliberation
 from nsed.server.errors import ApiError, api_error_from
 from nsed.server.limits import QueueFull
-from nsed.server.protocol import Envelope, summary_of, usage_of
+from nsed.server.protocol import (
+    Envelope,
+    finish_reason_of,
+    summary_of,
+    tool_call_deltas,
+    usage_of,
+)
 from nsed.server.state import Job, Runtime
 from nsed.server.streaming import (
     DONE,
@@ -44,8 +51,12 @@ class DeliberationResponse(Response):
         super().__init__()
         self.runtime = runtime
         self.job = job
-        self._envelope = Envelope(job.run_id, int(time.time()), job.model)
-        self._out = ResponseWriter({"x-nsed-run-id": job.run_id})
+        options = job.request.stream_options
+        include_usage = bool(job.request.stream and options and options.include_usage)
+        self._envelope = Envelope(job.run_id, int(time.time()), job.model, include_usage)
+        self._out = ResponseWriter(
+            {"x-nsed-run-id": job.run_id, "x-nsed-run-url": run_path(job.run_id)}
+        )
 
     # --- ASGI ----------------------------------------------------------------------------------
 
@@ -91,7 +102,7 @@ class DeliberationResponse(Response):
                         result = await self._stream()
                     else:
                         result = await self._deliberate(self._count)
-                        answer = apply_stop(result.answer, self.job.request.stop_sequences())
+                        answer = self._answer(result)
                         await self._out.send_json(200, self._envelope.completion(answer, result))
                     self._account(result, time.perf_counter() - started)
             await self._save(result)
@@ -124,10 +135,16 @@ class DeliberationResponse(Response):
         # The run id was promised in the headers before the run finished: the council uses it.
         job = self.job
         result = await job.council.run(
-            job.question, config=job.config, emit=emit, deliberation_id=job.run_id
+            job.question, config=job.config, emit=emit, deliberation_id=job.run_id, step=job.step
         )
         self.runtime.remember(result)
         return result
+
+    def _answer(self, result: Deliberation) -> str:
+        """The answer text; stop sequences cut free text only (a cut step would not parse)."""
+        if result.step is not None:
+            return result.answer
+        return apply_stop(result.answer, self.job.request.stop_sequences())
 
     def _account(self, result: Deliberation, seconds: float) -> None:
         m, name = self.runtime.metrics, self.job.council_name
@@ -215,14 +232,17 @@ class DeliberationResponse(Response):
         if stream_events:
             chunk = envelope.chunk([], nsed_event=event_payload(Finished(deliberation=result)))
             await out.write(sse(chunk))
-        answer = apply_stop(result.answer, self.job.request.stop_sequences())
-        for piece in pieces(answer):
-            await out.write(sse(envelope.chunk([{"index": 0, "delta": {"content": piece}}])))
+        if result.step is not None and result.step.tool_calls:
+            deltas = tool_call_deltas(result.step)
+        else:
+            deltas = [{"content": piece} for piece in pieces(self._answer(result))]
+        for delta in deltas:
+            await out.write(sse(envelope.chunk([{"index": 0, "delta": delta}])))
+        finish = finish_reason_of(result)
         done = envelope.chunk(
-            [{"index": 0, "delta": {}, "finish_reason": "stop"}], nsed=summary_of(result)
+            [{"index": 0, "delta": {}, "finish_reason": finish}], nsed=summary_of(result)
         )
         await out.write(sse(done))
-        options = self.job.request.stream_options
-        if options is not None and options.include_usage:
+        if envelope.include_usage:
             await out.write(sse(envelope.chunk([], usage=usage_of(result))))
         await out.write(DONE, more=False)

@@ -25,7 +25,12 @@ from nsed.server.protocol import parse_request
 from nsed.server.response import DeliberationResponse
 from nsed.server.settings import MODEL_PREFIX
 from nsed.server.state import Job, Runtime
-from nsed.server.translate import apply_sampling, build_task, deliberation_config
+from nsed.server.translate import (
+    apply_sampling,
+    build_step_format,
+    build_task,
+    deliberation_config,
+)
 
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -121,6 +126,7 @@ async def _chat_completions(request: Request) -> Response:
     req = parse_request(raw)
     name, council = _council_for(runtime, req.model)
     question, system_context = build_task(req.messages)
+    step = build_step_format(req)
     config = deliberation_config(council.config, req, system_context)
     try:
         question = validate_question(question, config)
@@ -139,6 +145,7 @@ async def _chat_completions(request: Request) -> Response:
             question=question,
             config=config,
             request=req,
+            step=step,
         ),
     )
 

@@ -16,6 +16,7 @@ from nsed.server.limits import Admission
 from nsed.server.metrics import ServerMetrics
 from nsed.server.protocol import ChatCompletionRequest
 from nsed.server.settings import ServerSettings
+from nsed.steps import StepFormat
 from nsed.store import Store
 
 
@@ -59,3 +60,4 @@ class Job:
     question: str
     config: DeliberationConfig
     request: ChatCompletionRequest
+    step: StepFormat | None = None  # tools / response_format: the step's format
