@@ -15,6 +15,7 @@ import json
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -220,3 +221,48 @@ def test_nsed_serve_on_ray_finds_every_trace_from_any_replica(sim_server, ray_he
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait(10)
+
+
+RAY_GRADING = """
+import json, sys
+import anyio
+from nsed.scale.bench import RayGrader
+from nsed.scale.cluster import connect
+from tests.test_grading import STDIN_PROBLEM
+
+ray = connect(sys.argv[1])
+right = (
+    "t = int(input())\\nfor _ in range(t):\\n"
+    "    a, b = map(int, input().split())\\n    print(a + b)\\n"
+)
+
+async def main():
+    grader = RayGrader()
+    return [await grader.code(code, STDIN_PROBLEM, 10.0) for code in (right, "print(0)")]
+
+grades = anyio.run(main)
+print(json.dumps([g.model_dump() for g in grades]))
+"""
+
+
+@pytest.mark.ray
+def test_code_grading_runs_as_ray_tasks_with_the_same_verdicts(ray_head):
+    """The sandboxed tests of a code answer run as a Ray task; verdicts equal local grading."""
+    from nsed.benchmarks.grading import grade_code
+    from tests.test_grading import STDIN_PROBLEM
+
+    done = subprocess.run([sys.executable, "-c", RAY_GRADING, ray_head.address],
+                          capture_output=True, text=True, timeout=180,
+                          cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    right, wrong = (without_timing(g) for g in json.loads(done.stdout.strip().splitlines()[-1]))
+    local = "t = int(input())\nfor _ in range(t):\n    a, b = map(int, input().split())\n"
+    here = grade_code(local + "    print(a + b)\n", STDIN_PROBLEM, fail_fast=True, timeout_s=10.0)
+    assert right == without_timing(here.model_dump())
+    assert right["passed"] == right["total"] == 3 and wrong["passed"] == 0
+    here = grade_code("print(0)", STDIN_PROBLEM, fail_fast=True, timeout_s=10.0)
+    assert wrong == without_timing(here.model_dump())
+
+
+def without_timing(grade: dict) -> dict:
+    return {k: v for k, v in grade.items() if k != "wall_s"}

@@ -91,10 +91,9 @@ RayOpt = Annotated[
     str | None,
     typer.Option(
         "--ray",
-        is_flag=False,
-        flag_value="auto",
-        help="spread the problems over Ray actors: --ray (RAY_ADDRESS or this machine's "
-        "cluster) or --ray HEAD:PORT; needs nsed[ray]",
+        metavar="ADDRESS|auto",
+        help="spread the problems over Ray actors: --ray auto (RAY_ADDRESS, else this "
+        "machine's cluster) or --ray HEAD:PORT; needs nsed[ray]",
     ),
 ]
 ActorsOpt = Annotated[int, typer.Option("--actors", min=1, help="Ray actors (with --ray)")]

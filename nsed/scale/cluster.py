@@ -52,7 +52,7 @@ def connect(address: str = "auto") -> ModuleType:
         raise ConfigError(
             f"no Ray cluster {where} ({str(exc).splitlines()[0][:200]}); start one with "
             "`ray start --head` (and `ray start --address HEAD:PORT` on other nodes), or "
-            "pass --ray HEAD:PORT"
+            "pass --ray HEAD:PORT (--ray auto: this machine's cluster or RAY_ADDRESS)"
         ) from None
     return ray
 

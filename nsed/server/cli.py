@@ -119,10 +119,9 @@ def serve(
         str | None,
         typer.Option(
             "--ray",
-            is_flag=False,
-            flag_value="auto",
-            help="serve behind Ray Serve on the cluster (--ray or --ray HEAD:PORT); implies "
-            "--store; needs nsed[ray]",
+            metavar="ADDRESS|auto",
+            help="serve behind Ray Serve on the cluster (--ray auto or --ray HEAD:PORT); "
+            "implies --store; needs nsed[ray]",
         ),
     ] = None,
     replicas: Annotated[int, typer.Option(min=1, help="Ray Serve replicas (with --ray)")] = 2,
