@@ -31,13 +31,14 @@ from nsed.orchestrator.events import (
     AgentPromoted,
     AgentReleased,
     AgentSignedOn,
+    CallTruncated,
     Event,
     Finished,
     ProposalReceived,
     RoundScored,
     RoundStarted,
 )
-from nsed.results import Deliberation, RoundRecord
+from nsed.results import CallRecord, Deliberation, RoundRecord
 
 app = typer.Typer(
     name="nsed",
@@ -97,6 +98,12 @@ def _serve_app() -> typer.Typer:
     return serve_app
 
 
+def _launch_app() -> typer.Typer:
+    from nsed.launch.cli import launch_app
+
+    return launch_app
+
+
 # (loader, group name or None to merge its commands into the root app, command names, extra)
 _GROUPS = (
     (_bench_app, "bench", ("bench",), "bench"),
@@ -105,6 +112,7 @@ _GROUPS = (
     (_broker_app, "broker", ("broker",), "dev"),
     (_simulate_app, None, ("simulate",), "serve"),
     (_serve_app, None, ("serve", "ui"), "serve"),
+    (_launch_app, None, ("up", "down"), "vllm"),
     (_db_app, "db", ("db",), "postgres"),
 )
 
@@ -163,12 +171,25 @@ def _round_table(record: RoundRecord) -> Table:
             f"{record.variance.get(proposal.agent, 0.0):.1f}",
         )
     dropped = sum(1 for r in record.reviews if r.dropped_reason)
+    cut = sum(1 for c in record.calls if c.truncated)
+    used = [c.budget_used for c in record.calls if c.budget_used is not None]
     table.caption = (
         f"winner {record.winner} · conviction {record.conviction:.2f} · "
         f"{len(record.reviews) - dropped} reviews counted, {dropped} dropped · "
-        f"{record.prompt_tokens + record.completion_tokens} tokens · {record.wall_s:.1f}s"
+        f"{record.prompt_tokens + record.completion_tokens} tokens"
+        + (f" (largest call {max(used):.0%} of its max_tokens)" if used else "")
+        + (f" · [yellow]{cut} call(s) cut at max_tokens[/]" if cut else "")
+        + f" · {record.wall_s:.1f}s"
     )
     return table
+
+
+def _tokens(call: CallRecord | None, completion_tokens: int) -> str:
+    """``812/1024 tokens`` (and the thinking's share) when the cap is known."""
+    if call is None or call.max_tokens is None:
+        return f"{completion_tokens} tokens"
+    thinking = f", {call.reasoning_tokens} thinking" if call.reasoning_tokens else ""
+    return f"{call.completion_tokens}/{call.max_tokens} tokens{thinking}"
 
 
 def _show_event(console: Console, event: Event) -> None:
@@ -178,7 +199,14 @@ def _show_event(console: Console, event: Event) -> None:
         p = event.proposal
         console.print(
             f"[bold]{escape(p.agent)}[/] proposed: final [cyan]{escape(p.final or '—')}[/]"
-            f" ({p.completion_tokens} tokens, {p.latency_s:.1f}s)"
+            f" ({_tokens(event.call, p.completion_tokens)}, {p.latency_s:.1f}s)"
+        )
+    elif isinstance(event, CallTruncated):
+        cap = f" of {event.max_tokens}" if event.max_tokens else ""
+        console.print(
+            f"[yellow]{escape(event.agent)}'s {event.phase} was cut at max_tokens[/] "
+            f"({event.completion_tokens}{cap} tokens): raise max_tokens or "
+            "reasoning_max_tokens"
         )
     elif isinstance(event, AgentFailed):
         console.print(

@@ -32,6 +32,7 @@ from nsed.agents import prompts
 from nsed.agents.agent import Agent
 from nsed.agents.backend import ChatBackend, EndpointPool, HTTPBackend
 from nsed.agents.conversation import ChatMessage, render_conversation
+from nsed.agents.reasoning import is_reasoning_model
 from nsed.config import (
     TASK_KINDS,
     AgentSpec,
@@ -135,12 +136,13 @@ def make_agent(
     config: DeliberationConfig,
     step: StepFormat | None = None,
 ) -> Agent:
+    """An agent for ``seat``; a reasoning model gets the per-kind reasoning token budget."""
     return Agent(
         seat,
         backend,
         kind=config.kind,
         max_rounds=config.max_rounds,
-        max_tokens=config.max_tokens,
+        max_tokens=config.max_tokens_for(reasoning=is_reasoning_model(seat.spec)),
         context=config.system_context,
         step=step,
     )

@@ -115,6 +115,15 @@ class InfeasibleTeam(NsedError):
         self.constraints = constraints or []
 
 
+class InfeasiblePlacement(ConfigError):
+    """``nsed up`` cannot place a model on the GPUs given; ``model`` and ``gpus`` name them."""
+
+    def __init__(self, message: str, *, model: str, gpus: list[int]) -> None:
+        super().__init__(message)
+        self.model = model
+        self.gpus = gpus
+
+
 # --- Persistence ------------------------------------------------------------------------------
 
 
@@ -129,6 +138,7 @@ __all__ = [
     "BudgetExceeded",
     "ConfigError",
     "DataError",
+    "InfeasiblePlacement",
     "InfeasibleTeam",
     "InvalidConversation",
     "InvalidOutput",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from nsed.errors import ConfigError
 from nsed.steps import Step
@@ -23,10 +23,12 @@ class Usage(BaseModel):
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning_tokens: int = Field(default=0, description="of completion_tokens: the thinking")
     cost_usd: float = 0.0
     calls: int = 0
     retries: int = 0
     failed_calls: int = 0
+    truncated_calls: int = Field(default=0, description="calls cut at max_tokens")
 
     @property
     def total_tokens(self) -> int:
@@ -35,10 +37,12 @@ class Usage(BaseModel):
     def add(self, other: Usage) -> None:
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
+        self.reasoning_tokens += other.reasoning_tokens
         self.cost_usd += other.cost_usd
         self.calls += other.calls
         self.retries += other.retries
         self.failed_calls += other.failed_calls
+        self.truncated_calls += other.truncated_calls
 
 
 class Proposal(BaseModel):
@@ -47,6 +51,9 @@ class Proposal(BaseModel):
     agent: str
     reasoning: str = ""
     answer: str
+    thinking: str = Field(
+        default="", description="the model's thinking channel: trace only, unless shared"
+    )
     final: str | None = None
     parse_error: str | None = Field(default=None, description="what could not be parsed, if any")
     finish_reason: str | None = Field(default=None, description="as the backend reported it")
@@ -68,6 +75,26 @@ class Review(BaseModel):
     critique: str = ""
     dropped_reason: str | None = None
     clipped: bool = Field(default=False, description="score was outside [-100, 100]")
+
+
+class CallRecord(BaseModel):
+    """One successful model call: how it ended and how much of its token budget it used."""
+
+    agent: str
+    phase: str = Field(description="propose or review")
+    finish_reason: str | None = None
+    truncated: bool = Field(default=False, description="cut at max_tokens")
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    max_tokens: int | None = Field(default=None, description="the completion cap sent")
+    latency_s: float = 0.0
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def budget_used(self) -> float | None:
+        """completion_tokens / max_tokens (None without a cap)."""
+        return self.completion_tokens / self.max_tokens if self.max_tokens else None
 
 
 class Failure(BaseModel):
@@ -101,6 +128,9 @@ class RoundRecord(BaseModel):
     wall_s: float = 0.0
     state_tokens: int = 0
     failures: list[Failure] = Field(default_factory=list)
+    calls: list[CallRecord] = Field(
+        default_factory=list, description="every successful call: finish reason, budget used"
+    )
     agent_usage: dict[str, Usage] = Field(
         default_factory=dict, description="per agent: tokens, cost, calls, failed calls"
     )

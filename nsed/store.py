@@ -182,8 +182,9 @@ class ModelStat(SQLModel, table=True):
     """Live telemetry of one model on one task kind, updated after every deliberation.
 
     ``calls`` counts attempted calls (``failures`` of them failed, ``timeouts`` of those timed
-    out); ``wins`` counts deliberations whose final answer was this model's, ``round_wins``
-    rounds it won; ``graded``/``correct`` count deliberations with a known gold answer.
+    out, ``truncations`` of the successful ones were cut at max_tokens); ``wins`` counts
+    deliberations whose final answer was this model's, ``round_wins`` rounds it won;
+    ``graded``/``correct`` count deliberations with a known gold answer.
     """
 
     __tablename__ = "model_stats"
@@ -193,6 +194,7 @@ class ModelStat(SQLModel, table=True):
     calls: int = 0
     failures: int = 0
     timeouts: int = 0
+    truncations: int = 0
     latency_ewma_s: float = 0.0
     recent_latencies: str = Field(default="[]", description="JSON list, newest last, capped")
     prompt_tokens: int = 0

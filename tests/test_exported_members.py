@@ -35,6 +35,7 @@ PUBLIC = {
         "AgentPromoted",
         "AgentReleased",
         "AgentSignedOn",
+        "CallTruncated",
         "Event",
         "Finished",
         "ProposalReceived",

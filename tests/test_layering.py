@@ -5,13 +5,14 @@ at module level, inside functions (lazy imports) and under ``TYPE_CHECKING``. La
 first (the README's "Layout" section is the map):
 
 ground        errors, results, config, store, migrations, problems, serving, logs, links,
-              steps
+              steps, processes
 agents        nsed.agents.*: talking to models
 orchestrator  nsed.orchestrator.*: one deliberation
 broker        nsed.broker.*: choosing the team
 council       nsed.council: the public entry points
-front ends    nsed.server, nsed.benchmarks, nsed.simulation, nsed.scale: each its own package;
-              an import from one front end into another must be listed in FRONT_END_EDGES
+front ends    nsed.server, nsed.benchmarks, nsed.simulation, nsed.launch, nsed.scale: each
+              its own package; an import from one front end into another must be listed in
+              FRONT_END_EDGES
 root          nsed.cli (registers every command group), nsed/__init__ and __main__
 
 A module that no layer names fails the test: place it on purpose.
@@ -31,7 +32,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nsed"
 
 GROUND = (
     "errors", "results", "config", "store", "migrations", "problems", "serving", "logs", "links",
-    "steps",
+    "steps", "processes",
 )
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ground", tuple(f"nsed.{name}" for name in GROUND)),
@@ -39,7 +40,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("orchestrator", ("nsed.orchestrator",)),
     ("broker", ("nsed.broker",)),
     ("council", ("nsed.council",)),
-    ("front ends", ("nsed.server", "nsed.benchmarks", "nsed.simulation", "nsed.scale")),
+    ("front ends", (
+        "nsed.server", "nsed.benchmarks", "nsed.simulation", "nsed.launch", "nsed.scale",
+    )),
     ("root", ("nsed.cli", "nsed.__main__", "nsed")),
 )
 FRONT_ENDS = dict(LAYERS)["front ends"]

@@ -17,6 +17,8 @@ from nsed.config import AgentSpec
 from nsed.results import Proposal
 from nsed.steps import StepFormat
 
+REVIEW_RETRY_TOKENS = 2048  # restating a review is short, even with some thinking first
+
 
 class Agent:
     """Proposer and reviewer for one deliberation."""
@@ -70,11 +72,15 @@ class Agent:
 
     def _proposal(self, completion: Completion) -> Proposal:
         parsed = parse_proposal(completion.text, self.kind)  # type: ignore[arg-type]
+        final = parsed.final
+        if final is None and completion.reasoning:  # the content first, then the thinking
+            final = extract_final(completion.reasoning, self.kind)  # type: ignore[arg-type]
         return Proposal(
             agent=self.name,
             reasoning=parsed.reasoning,
             answer=parsed.answer,
-            final=parsed.final,
+            thinking=completion.reasoning,
+            final=final,
             parse_error=parsed.error,
             finish_reason=completion.finish_reason,
             truncated=completion.truncated,
@@ -133,7 +139,25 @@ class Agent:
             schema_name=prompts.REVIEW_SCHEMA_NAME,
         )
         known = [*labels, own_label] if own_label else labels
-        return parse_reviews(completion.text, known), completion
+        parsed = parse_reviews(completion.text, known)
+        if completion.structured != "json_schema" and not any(
+            item.score is not None for item in parsed.items
+        ):
+            # Free text that the tolerant parser could not read: one cheap retry, still
+            # without a grammar, that only asks to restate the review in the format.
+            retry = await self.backend.complete(
+                [
+                    *self._messages(user),
+                    {"role": "assistant", "content": completion.text[-4000:]},
+                    {"role": "user", "content": prompts.review_format_retry_prompt(labels)},
+                ],
+                temperature=self.seat.temperature,
+                max_tokens=min(self._max_tokens or REVIEW_RETRY_TOKENS, REVIEW_RETRY_TOKENS),
+                seed=self._seed(round_index, 2),
+            )
+            completion = completion.followed_by(retry)
+            parsed = parse_reviews(retry.text, known)
+        return parsed, completion
 
     # --- steps: tool calls and JSON answers (agent apps) ------------------------------------
 
@@ -201,6 +225,7 @@ class Agent:
             agent=self.name,
             reasoning=parsed.reasoning,
             answer=answer,
+            thinking=completion.reasoning,
             final=final,
             parse_error="; ".join(parsed.notes) or None,
             finish_reason=completion.finish_reason,

@@ -11,7 +11,17 @@ Retries use exponential backoff with full jitter on connect errors, 429 and 5xx,
 * with ``n > 1`` its usage counts one choice only: completion tokens are re-estimated;
 * an unknown model id is accepted silently: ``preflight`` checks ``/models`` and warns.
 
-API keys are sent as ``Authorization: Bearer`` and never logged or put in an error message.
+Reasoning models (see ``reasoning.py``): the thinking is read from ``message.reasoning`` /
+``reasoning_content`` or split off a leading ``<think>`` block, counted in ``reasoning_tokens``
+and kept out of ``text``. With ``structured = "auto"`` a JSON schema is sent to a reasoning
+model only once its server has shown that it returns the thinking apart (vLLM with
+``--reasoning-parser`` applies the grammar to the answer only); until then, and for good when
+a grammar came back without thinking or the thinking arrives inline, the call goes out as free
+text for the tolerant parser. A request whose ``max_tokens`` does not fit the model's context
+(vLLM answers 400 with both numbers) is sent once more with the cap that fits.
+
+API keys are sent as ``Authorization: Bearer`` and never logged or put in an error message;
+``extra_headers`` are sent as configured and never logged either.
 """
 
 from __future__ import annotations
@@ -20,15 +30,18 @@ import email.utils
 import functools
 import logging
 import random
+import re
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import anyio
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from nsed.agents.reasoning import is_reasoning_model, split_thinking
+from nsed.agents.replies import MalformedReply, read_reply
 from nsed.config import ModelSpec, StructuredMode
 from nsed.errors import BackendError, BackendTimeout, BackendUnreachable
 
@@ -58,11 +71,34 @@ class Completion(BaseModel):
     retries: int = 0
     usage_estimated: bool = False
     model: str = ""
+    max_tokens: int | None = Field(default=None, description="the completion cap sent")
+    structured: StructuredMode = Field(
+        default="none", description="the response_format actually sent (none: free text)"
+    )
 
     @property
     def truncated(self) -> bool:
         """The reply was cut at ``max_tokens`` (or the context end): it is not complete."""
         return self.finish_reason == "length"
+
+    def followed_by(self, retry: Completion) -> Completion:
+        """One completion for a call and its retry: the retry's answer, both calls' costs.
+
+        A cut first attempt keeps the pair marked truncated: its budget was too small.
+        """
+        return retry.model_copy(
+            update={
+                "reasoning_tokens": self.reasoning_tokens + retry.reasoning_tokens,
+                "prompt_tokens": self.prompt_tokens + retry.prompt_tokens,
+                "completion_tokens": self.completion_tokens + retry.completion_tokens,
+                "cost_usd": self.cost_usd + retry.cost_usd,
+                "latency_s": self.latency_s + retry.latency_s,
+                "retries": self.retries + retry.retries,
+                "usage_estimated": self.usage_estimated or retry.usage_estimated,
+                "finish_reason": "length" if self.truncated else retry.finish_reason,
+                "max_tokens": self.max_tokens,
+            }
+        )
 
 
 @runtime_checkable
@@ -110,6 +146,15 @@ class _Endpoint:
     limiter: anyio.CapacityLimiter
     checked_models: set[str] = field(default_factory=set)
     structured_downgrade: StructuredMode | None = None
+    # structured = "auto" for reasoning models: what each model id's replies showed so far.
+    thinking: dict[str, ThinkingSeen] = field(default_factory=dict)
+
+
+# What replies of a reasoning model showed about its server (see the module docstring):
+#   apart: the thinking came as a separate field, so a grammar can follow it;
+#   combined: it still did under a JSON schema; inline: it came inside the content;
+#   suppressed: a JSON schema reply came without any thinking.
+ThinkingSeen = Literal["apart", "combined", "inline", "suppressed"]
 
 
 @functools.cache
@@ -161,8 +206,9 @@ class EndpointPool:
 def response_format_for(
     mode: StructuredMode, schema: dict[str, Any] | None, name: str
 ) -> dict[str, Any] | None:
-    """The ``response_format`` field for a structured-output mode (None: send nothing)."""
-    if schema is None or mode == "none":
+    """The ``response_format`` field for a structured-output mode (None: send nothing);
+    ``auto`` is resolved per call by the backend before it gets here."""
+    if schema is None or mode in ("none", "auto"):
         return None
     if mode == "json_object":
         return {"type": "json_object"}
@@ -182,6 +228,24 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+_CONTEXT_LIMIT = re.compile(r"maximum context length is (\d+)")
+_PROMPT_TOKENS = re.compile(r"(\d+) in the messages|has (\d+) input tokens")
+
+
+def cap_that_fits(detail: str, max_tokens: int) -> int | None:
+    """The largest ``max_tokens`` that fits, from a context-length error (None: cannot say).
+
+    vLLM words it "maximum context length is 40960 tokens. However, you requested 45000
+    tokens (6088 in the messages, 38912 in the completion)" or, newer, "... maximum context
+    length is 40960 tokens and your request has 6088 input tokens".
+    """
+    limit, prompt = _CONTEXT_LIMIT.search(detail), _PROMPT_TOKENS.search(detail)
+    if limit is None or prompt is None:
+        return None
+    room = int(limit.group(1)) - int(prompt.group(1) or prompt.group(2))
+    return room if 0 < room < max_tokens else None
 
 
 def _error_detail(response: httpx.Response) -> str:
@@ -217,13 +281,52 @@ class HTTPBackend:
         self._pool = pool
         self._retry = retry or RetryPolicy()
         self._timeout_s = timeout_s or spec.timeout_s
+        self._extra_headers = spec.resolved_headers()  # a missing variable fails here, once
 
     def _headers(self) -> dict[str, str]:
+        """Content type, the API key as a bearer token, then ``extra_headers`` (which win)."""
         headers = {"Content-Type": "application/json"}
         key = self.spec.resolved_api_key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
+        headers.update(self._extra_headers)
         return headers
+
+    def _structured_mode(self, ep: _Endpoint) -> StructuredMode:
+        """The structured-output form of the next call (``auto`` resolved)."""
+        mode: StructuredMode = ep.structured_downgrade or self.spec.structured
+        if mode != "auto":
+            return mode
+        if not is_reasoning_model(self.spec):
+            return "json_schema"
+        seen = ep.thinking.get(self.model)
+        return "json_schema" if seen in ("apart", "combined") else "none"
+
+    def _observe_thinking(
+        self, ep: _Endpoint, mode: StructuredMode, *, apart: bool, inline: bool
+    ) -> None:
+        """Learn from one reply of a reasoning model under ``structured = "auto"``."""
+        if self.spec.structured != "auto" or not is_reasoning_model(self.spec):
+            return
+        before = ep.thinking.get(self.model)
+        if before in ("inline", "suppressed"):
+            return
+        seen: ThinkingSeen | None = before
+        if inline:
+            seen = "inline"
+        elif mode == "json_schema":
+            seen = "combined" if apart else "suppressed"
+        elif apart:
+            seen = "apart"
+        if seen != before and seen is not None:
+            ep.thinking[self.model] = seen
+            log.info(
+                "%s (%s): thinking %s; structured output now %s",
+                self.base_url,
+                self.model,
+                seen,
+                "json_schema" if seen in ("apart", "combined") else "free text",
+            )
 
     async def preflight(self) -> None:
         """Check that the endpoint answers and knows the model id; warn if it does not.
@@ -297,13 +400,27 @@ class HTTPBackend:
         if n > 1:
             body["n"] = n
         body.update(tool_params or {})
-        mode: StructuredMode = ep.structured_downgrade or self.spec.structured
+        mode = self._structured_mode(ep)
         fmt = response_format_for(mode, schema, schema_name)
         if fmt is not None:
             body["response_format"] = fmt
+        body.update(self.spec.extra_body)  # provider options; nsed's own keys are refused
 
         async with ep.limiter:
             response, latency, retries = await self._post_with_retries(ep, body)
+            fitted = (
+                cap_that_fits(_error_detail(response), max_tokens)
+                if response.status_code == 400 and max_tokens is not None
+                else None
+            )
+            if fitted is not None:
+                # The cap does not fit the model's context with this prompt: use what fits.
+                log.info("%s: max_tokens %d does not fit; sending %d", self.base_url,
+                         max_tokens, fitted)
+                body["max_tokens"] = max_tokens = fitted
+                response, latency2, retries2 = await self._post_with_retries(ep, body)
+                latency += latency2
+                retries += retries2 + 1
             if (
                 response.status_code in (400, 422)
                 and fmt is not None
@@ -315,6 +432,7 @@ class HTTPBackend:
                     "%s rejects %s output; falling back to %s", self.base_url, mode, downgrade
                 )
                 ep.structured_downgrade = downgrade
+                mode = downgrade
                 new_fmt = response_format_for(downgrade, schema, schema_name)
                 body.pop("response_format", None)
                 if new_fmt is not None:
@@ -329,7 +447,11 @@ class HTTPBackend:
                 status=response.status_code,
                 attempts=retries + 1,
             )
-        return self._completion(response, latency, retries, n)
+        sent: StructuredMode = mode if "response_format" in body else "none"
+        completion, inline = self._completion(response, latency, retries, n)
+        self._observe_thinking(ep, sent, apart=bool(completion.reasoning) and not inline,
+                               inline=inline)
+        return completion.model_copy(update={"max_tokens": max_tokens, "structured": sent})
 
     async def _post_with_retries(
         self, ep: _Endpoint, body: dict[str, Any]
@@ -409,28 +531,35 @@ class HTTPBackend:
 
     def _completion(
         self, response: httpx.Response, latency: float, retries: int, n: int
-    ) -> Completion:
+    ) -> tuple[Completion, bool]:
+        """The one place a 200 reply becomes a Completion (and whether its thinking was inline).
+
+        A body that is not a readable chat completion is a BackendError for this call only.
+        """
         try:
-            data = response.json()
-            choices = data["choices"]
-            texts = [(c.get("message") or {}).get("content") or "" for c in choices]
-            finish = choices[0].get("finish_reason") if choices else None
-            tool_calls = list((choices[0].get("message") or {}).get("tool_calls") or [])
-        except (ValueError, KeyError, TypeError, AttributeError):
+            reply = read_reply(response.json())
+        except (ValueError, MalformedReply) as exc:
+            why = str(exc) if isinstance(exc, MalformedReply) else "the body is not JSON"
             raise BackendError(
-                f"{self.base_url} returned a response that is not a chat completion",
+                f"{self.base_url} returned a response that is not a chat completion: {why}",
                 endpoint=self.base_url,
                 status=response.status_code,
             ) from None
-        if not texts:
-            raise BackendError(f"{self.base_url} returned no choices", endpoint=self.base_url)
-        usage = data.get("usage") or {}
-        prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        completion_tokens = int(usage.get("completion_tokens") or 0)
+        opened = is_reasoning_model(self.spec)
+        texts, reasoning, inline = [], reply.reasoning, False
+        for index, raw in enumerate(reply.texts):
+            thinking, text = split_thinking(raw, self.spec.think_tags, opened=opened)
+            texts.append(text)
+            if index == 0 and thinking:
+                inline = True
+                reasoning = f"{reasoning}\n\n{thinking}" if reasoning else thinking
+        prompt_tokens = reply.prompt_tokens or 0
+        completion_tokens = reply.completion_tokens or 0
         estimated = False
-        if not usage:
-            prompt_tokens = 0
-            completion_tokens = sum(estimate_tokens(t) for t in texts)
+        if reply.prompt_tokens is None and reply.completion_tokens is None:
+            completion_tokens = sum(estimate_tokens(t) for t in texts) + estimate_tokens(
+                reasoning
+            )
             estimated = True
         elif n > 1 and len(texts) > 1:
             # llama.cpp counts one choice only; when the reported figure looks like one choice,
@@ -439,22 +568,30 @@ class HTTPBackend:
             if completion_tokens <= 1.5 * max(lengths):
                 completion_tokens = round(completion_tokens * sum(lengths) / lengths[0])
                 estimated = True
+        reasoning_tokens = reply.reasoning_tokens
+        if reasoning_tokens is None:
+            # Not reported (vLLM, llama.cpp): the thinking's share of the characters written.
+            share = len(reasoning) / max(1, len(reasoning) + len(texts[0]))
+            reasoning_tokens = round(completion_tokens * share) if reasoning else 0
         cost = (
             prompt_tokens * self.spec.input_price + completion_tokens * self.spec.output_price
         ) / 1e6
-        return Completion(
+        completion = Completion(
             text=texts[0],
             texts=texts,
-            tool_calls=tool_calls,
-            finish_reason=finish,
+            reasoning=reasoning,
+            tool_calls=reply.tool_calls,
+            finish_reason=reply.finish_reason,
+            reasoning_tokens=min(reasoning_tokens, completion_tokens),
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             cost_usd=cost,
             latency_s=latency,
             retries=retries,
             usage_estimated=estimated,
-            model=str(data.get("model") or self.model),
+            model=reply.model or self.model,
         )
+        return completion, inline
 
 
 def estimate_tokens(text: str) -> int:

@@ -127,6 +127,17 @@ def review_prompt(
     return "\n\n".join(parts)
 
 
+def review_format_retry_prompt(labels: list[str]) -> str:
+    """The follow-up when a free-text review could not be read: restate it, nothing new."""
+    return (
+        "Your review could not be read. Restate it now, without re-checking anything, as one "
+        'JSON object {"reviews": [...]} with one entry per candidate ('
+        + ", ".join(labels)
+        + '), each with the fields "candidate" (its label), "score" (an integer from -100 '
+        'to 100) and "critique" (why). Reply with the JSON object only.'
+    )
+
+
 # --- The Mixture-of-Agents aggregator (a benchmark baseline, not part of the protocol) ------
 
 _AGGREGATOR_KIND_RULES = {

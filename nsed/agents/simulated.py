@@ -557,6 +557,8 @@ class SimulatedBackend:
             latency_s=reply.latency_s,
             usage_estimated=True,
             model=self.model,
+            max_tokens=max_tokens,
+            structured="json_schema" if schema is not None else "none",  # it answers in schema
         )
 
 

@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import anyio
 import httpx
@@ -266,8 +266,17 @@ def vllm_serve_command(
     tensor_parallel_size: int | None = None,
     api_key_env: str | None = None,
     host: str = "127.0.0.1",
+    reasoning_parser: str | None = None,
+    enable_prefix_caching: bool = False,
+    extra_args: Sequence[str] = (),
+    executable: Sequence[str] = ("vllm",),
 ) -> list[str]:
     """The argv of ``vllm serve`` for one model (not run here: the caller launches it).
+
+    ``executable`` is what runs ``serve`` (``vllm``, or a stand-in with the same CLI);
+    ``reasoning_parser`` returns a reasoning model's thinking apart (and lets a JSON grammar
+    apply to the answer only); ``enable_prefix_caching`` reuses the KV cache of the prompt
+    prefixes agents share (their static system prompts); ``extra_args`` come last.
 
     ``served_name`` is the model id clients send (``ModelSpec.model``); the server listens on
     ``host`` (loopback by default, so nothing is exposed by accident) at ``port``.
@@ -283,7 +292,9 @@ def vllm_serve_command(
         raise ConfigError("served_name must not be empty")
     if not 1 <= port <= 65535:
         raise ConfigError(f"port {port} must be within 1..65535")
-    argv = ["vllm", "serve", model, "--host", host, "--port", str(port)]
+    if not executable or not all(part.strip() for part in executable):
+        raise ConfigError("executable must name the vllm command (e.g. ['vllm'])")
+    argv = [*executable, "serve", model, "--host", host, "--port", str(port)]
     argv += ["--served-model-name", served_name]
     if gpu_memory_utilization is not None:
         if not 0 < gpu_memory_utilization <= 1:
@@ -299,9 +310,13 @@ def vllm_serve_command(
         if tensor_parallel_size < 1:
             raise ConfigError(f"tensor_parallel_size {tensor_parallel_size} must be >= 1")
         argv += ["--tensor-parallel-size", str(tensor_parallel_size)]
+    if reasoning_parser is not None:
+        argv += ["--reasoning-parser", reasoning_parser]
+    if enable_prefix_caching:
+        argv.append("--enable-prefix-caching")
     if api_key_env is not None:
         vllm_serve_env(api_key_env)  # fail now, not with an open server later
-    return argv
+    return [*argv, *extra_args]
 
 
 def vllm_serve_env(api_key_env: str) -> dict[str, str]:

@@ -12,6 +12,7 @@ Definitions (the numbers ``nsed models list`` shows):
 
 * ``calls`` are attempted calls (proposals and reviews), ``failures`` those that failed after
   retries, ``timeouts`` those failures that were timeouts; success ratio = 1 − failures/calls.
+  ``truncations`` are successful calls cut at max_tokens (a budget too small for the model).
 * latency is per proposal call (reviews carry no latency in the trace).
 * support is the agent's QV support S in [-1, 1] in each round it proposed in.
 * ``round_wins`` counts rounds the model's proposal won; ``wins`` counts deliberations whose
@@ -168,6 +169,7 @@ def apply_deliberation(
             calls=usage.calls + usage.failed_calls,
             failures=usage.failed_calls,
             timeouts=tally.timeouts,
+            truncations=usage.truncated_calls,
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
             cost_usd=usage.cost_usd,
@@ -271,6 +273,7 @@ class ModelTelemetry(BaseModel):
     calls: int
     failures: int
     timeouts: int
+    truncations: int
     success_ratio: float
     latency_ewma_s: float | None
     latency_p50_s: float | None
@@ -299,6 +302,7 @@ def telemetry_of(row: ModelStat) -> ModelTelemetry:
         calls=row.calls,
         failures=row.failures,
         timeouts=row.timeouts,
+        truncations=row.truncations,
         success_ratio=_success_ratio(row),
         latency_ewma_s=row.latency_ewma_s if recent else None,
         latency_p50_s=_percentile(recent, 50),

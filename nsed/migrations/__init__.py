@@ -4,10 +4,10 @@
 upgrades nsed never runs anything by hand (``nsed db upgrade`` does the same on purpose, and
 ``nsed db current`` shows where a database stands). The revisions are in ``versions/``, one
 file each, oldest first: ``r0001`` is the schema of nsed 0.1.0 (adopted in place, see there),
-``r0002`` adds ``bench_workers``.
+``r0002`` adds ``bench_workers``, ``r0003`` ``model_stats.truncations``.
 
 Changing the schema: change the table in :mod:`nsed.store` *and* add a revision here whose
-``down_revision`` is the current head (copy ``r0002``; ``tests/test_migrations.py`` fails until
+``down_revision`` is the current head (copy ``r0003``; ``tests/test_migrations.py`` fails until
 the migrated schema equals the tables in ``nsed.store``). Never edit a released revision.
 
 An upgrade runs in one transaction under a lock (PostgreSQL: an advisory lock; SQLite: the

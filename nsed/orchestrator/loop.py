@@ -35,6 +35,7 @@ from nsed.errors import BackendTimeout, ConfigError, NsedError, QuorumLost
 from nsed.orchestrator import forget_gate
 from nsed.orchestrator.events import (
     AgentFailed,
+    CallTruncated,
     Event,
     Finished,
     ProposalReceived,
@@ -48,6 +49,7 @@ from nsed.orchestrator.stopping import EvidenceTracker, FatigueParams, StopInput
 from nsed.orchestrator.voting import quadratic_vote
 from nsed.results import (
     AgentInfo,
+    CallRecord,
     Deliberation,
     Failure,
     Proposal,
@@ -158,24 +160,54 @@ class DeliberationRun:
         """Remove agent ``name`` from the table from the next round on."""
         self.agents = [a for a in self.agents if a.name != name]
 
-    def _account(self, agent: Agent, completion: Completion, record: RoundRecord) -> None:
-        self.usage.prompt_tokens += completion.prompt_tokens
-        self.usage.completion_tokens += completion.completion_tokens
-        self.usage.cost_usd += completion.cost_usd
-        self.usage.calls += 1
-        self.usage.retries += completion.retries
+    async def _account(
+        self, agent: Agent, completion: Completion, record: RoundRecord, phase: str
+    ) -> CallRecord:
+        """Count one successful call everywhere; a call cut at max_tokens is also an event."""
+        usage = Usage(
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            reasoning_tokens=completion.reasoning_tokens,
+            cost_usd=completion.cost_usd,
+            calls=1,
+            retries=completion.retries,
+            truncated_calls=int(completion.truncated),
+        )
+        self.usage.add(usage)
         record.prompt_tokens += completion.prompt_tokens
         record.completion_tokens += completion.completion_tokens
         record.cost_usd += completion.cost_usd
-        record.agent_usage.setdefault(agent.name, Usage()).add(
-            Usage(
-                prompt_tokens=completion.prompt_tokens,
-                completion_tokens=completion.completion_tokens,
-                cost_usd=completion.cost_usd,
-                calls=1,
-                retries=completion.retries,
-            )
+        record.agent_usage.setdefault(agent.name, Usage()).add(usage)
+        call = CallRecord(
+            agent=agent.name,
+            phase=phase,
+            finish_reason=completion.finish_reason,
+            truncated=completion.truncated,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            reasoning_tokens=completion.reasoning_tokens,
+            max_tokens=completion.max_tokens,
+            latency_s=completion.latency_s,
         )
+        record.calls.append(call)
+        if completion.truncated:
+            log.warning(
+                "round %d: %s's %s call was cut at max_tokens (%d tokens)",
+                record.index,
+                agent.name,
+                phase,
+                completion.completion_tokens,
+            )
+            await self.emit(
+                CallTruncated(
+                    round=record.index,
+                    agent=agent.name,
+                    phase=phase,
+                    completion_tokens=completion.completion_tokens,
+                    max_tokens=completion.max_tokens,
+                )
+            )
+        return call
 
     async def _fail(self, agent: Agent, phase: str, exc: Exception, record: RoundRecord) -> None:
         self._failures[agent.name] += 1
@@ -219,9 +251,9 @@ class DeliberationRun:
                 await self._fail(agent, "propose", exc, record)
                 return
             self._failures[agent.name] = 0
-            self._account(agent, completion, record)
+            call = await self._account(agent, completion, record, "propose")
             proposals[agent.name] = proposal
-            await self.emit(ProposalReceived(round=record.index, proposal=proposal))
+            await self.emit(ProposalReceived(round=record.index, proposal=proposal, call=call))
 
         async with anyio.create_task_group() as tg:
             for agent in self.live_agents():
@@ -235,6 +267,8 @@ class DeliberationRun:
         reasoning = proposal.reasoning.strip()
         room = max(0, limit - len(answer) - 40)
         parts = []
+        if self.config.share_reasoning and proposal.thinking.strip():
+            reasoning = f"{proposal.thinking.strip()}\n\n{reasoning}".strip()
         if reasoning and room > 80:
             clipped = reasoning if len(reasoning) <= room else reasoning[:room] + "…"
             parts.append(f"Reasoning:\n{clipped}")
@@ -270,7 +304,7 @@ class DeliberationRun:
                 await self._fail(agent, "review", exc, record)
                 return
             self._failures[agent.name] = 0
-            self._account(agent, completion, record)
+            call = await self._account(agent, completion, record, "review")
             reviews = []
             for item in parsed.items:
                 author = author_of.get(item.candidate)
@@ -302,7 +336,7 @@ class DeliberationRun:
                 )
             record.reviews.extend(reviews)
             await self.emit(
-                ReviewReceived(round=record.index, reviewer=agent.name, reviews=reviews)
+                ReviewReceived(round=record.index, reviewer=agent.name, reviews=reviews, call=call)
             )
 
         async with anyio.create_task_group() as tg:

@@ -87,6 +87,8 @@ async def settle_step(run: DeliberationRun, result: Deliberation) -> Deliberatio
         restated, completion = await agent.restate_step(run.question, source)
         result.usage.prompt_tokens += completion.prompt_tokens
         result.usage.completion_tokens += completion.completion_tokens
+        result.usage.reasoning_tokens += completion.reasoning_tokens
+        result.usage.truncated_calls += int(completion.truncated)
         result.usage.cost_usd += completion.cost_usd
         result.usage.calls += 1
         result.usage.retries += completion.retries

@@ -115,6 +115,13 @@ def serve(
     store: Annotated[
         bool, typer.Option(help="also save traces to the nsed database (NSED_DATABASE_URL)")
     ] = False,
+    stream_reasoning: Annotated[
+        bool,
+        typer.Option(
+            help="stream progress as delta.reasoning_content (chat UIs' thinking pane); "
+            'a request can override it with "nsed": {"stream_reasoning": ...}'
+        ),
+    ] = False,
     ray: Annotated[
         str | None,
         typer.Option(
@@ -150,6 +157,7 @@ def serve(
         request_timeout_s=timeout,
         max_body_bytes=max_body_bytes,
         store_url=store_url,
+        stream_reasoning=stream_reasoning or None,
     )
     console = Console(stderr=True)
     auth = f"{len(settings.api_keys)} key(s)" if settings.api_keys else "off"

@@ -42,6 +42,10 @@ class NsedOptions(BaseModel):
     budget_tokens: int | None = Field(default=None, ge=1)
     qv_mode: Literal["budget_signed", "sqrt_raw"] | None = None
     stream_events: bool = False
+    stream_reasoning: bool | None = Field(
+        default=None,
+        description="stream progress as delta.reasoning_content (None: the server's default)",
+    )
 
 
 class ChatCompletionRequest(BaseModel):
@@ -141,7 +145,7 @@ def parse_request(raw: bytes) -> ChatCompletionRequest:
         if first["type"] == "extra_forbidden":
             message += (
                 ' (unknown field; nsed options go under "nsed": rounds, min_rounds, kind, '
-                "budget_usd, budget_tokens, qv_mode, stream_events)"
+                "budget_usd, budget_tokens, qv_mode, stream_events, stream_reasoning)"
             )
         raise ApiError(400, message, param=param) from None
 

@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from nsed.errors import StoreError
 from nsed.links import run_path
-from nsed.orchestrator.events import AgentFailed, Event, Finished, RoundScored
+from nsed.orchestrator.events import AgentFailed, CallTruncated, Event, Finished, RoundScored
 from nsed.results import Deliberation
 from nsed.server.errors import ApiError, api_error_from
 from nsed.server.limits import QueueFull
@@ -130,6 +130,8 @@ class DeliberationResponse(Response):
             m.rounds.labels(name).inc()
         elif isinstance(event, AgentFailed):
             m.failures.labels(name, "agent_call").inc()
+        elif isinstance(event, CallTruncated):
+            m.truncated.labels(name, event.phase).inc()
 
     async def _deliberate(self, emit: Any) -> Deliberation:
         # The run id was promised in the headers before the run finished: the council uses it.
@@ -167,7 +169,10 @@ class DeliberationResponse(Response):
     async def _stream(self) -> Deliberation:
         events_in, events_out = anyio.create_memory_object_stream[Event](math.inf)
         outcome: list[Deliberation | Exception] = []
-        stream_events = bool(self.job.request.nsed and self.job.request.nsed.stream_events)
+        options = self.job.request.nsed
+        stream_events = bool(options and options.stream_events)
+        asked = options.stream_reasoning if options else None
+        reasoning = self.runtime.settings.stream_reasoning if asked is None else asked
 
         async def emit(event: Event) -> None:
             await self._count(event)
@@ -194,10 +199,15 @@ class DeliberationResponse(Response):
                     if isinstance(event, Finished):
                         continue
                     await self._start_stream()
+                    if reasoning and (line := progress_comment(event)):
+                        # Chat UIs show reasoning_content in their "thinking" pane.
+                        delta = {"reasoning_content": line + "\n"}
+                        await self._out.write(sse(self._envelope.chunk([{"index": 0,
+                                                                         "delta": delta}])))
                     if stream_events:
                         chunk = self._envelope.chunk([], nsed_event=event_payload(event))
                         await self._out.write(sse(chunk))
-                    else:
+                    elif not reasoning:
                         comment = progress_comment(event)
                         if comment:
                             await self._out.write(sse_comment(comment))

@@ -61,6 +61,10 @@ class ServerSettings(BaseModel):
     max_queue: int = Field(default=32, ge=0, description="requests waiting for a slot")
     request_timeout_s: float = Field(default=600.0, gt=0, description="queue + deliberation")
     heartbeat_s: float = Field(default=10.0, gt=0, description="SSE keep-alive comment interval")
+    stream_reasoning: bool = Field(
+        default=False,
+        description="streamed progress as delta.reasoning_content (a chat UI's thinking pane)",
+    )
     keep_deliberations: int = Field(default=256, ge=1, description="finished traces in memory")
     store_url: str | None = Field(default=None, description="also save traces to this database")
     host: str = "127.0.0.1"

@@ -9,7 +9,8 @@
 * ``temperature`` / ``top_p`` replace every model's value (replicas keep their diversity
   offset, see ``TeamSpec.agents``); ``max_tokens`` / ``max_completion_tokens`` cap every agent
   call (proposals and reviews), not only the answer; ``seed`` seeds the label shuffling;
-* ``"nsed": {...}`` sets rounds, min_rounds, kind, budget_usd, budget_tokens and qv_mode;
+* ``"nsed": {...}`` sets rounds, min_rounds, kind, budget_usd, budget_tokens and qv_mode
+  (and ``stream_reasoning``, read by the response);
 * ``stop`` is applied to the final answer text: it is cut before the first stop sequence (not
   to tool calls or JSON answers, which would no longer parse).
 """
@@ -64,6 +65,11 @@ def deliberation_config(
         "seed": req.seed,
         "max_tokens": req.token_cap(),
     }
+    cap = req.token_cap()
+    if cap is not None:  # reasoning models' per-kind budgets are capped too
+        overrides["reasoning_max_tokens"] = {
+            kind: min(budget, cap) for kind, budget in base.reasoning_max_tokens.items()
+        }
     if opts.rounds is not None and opts.min_rounds is None:
         overrides["min_rounds"] = min(opts.rounds, base.min_rounds)
     if opts.min_rounds is not None and opts.rounds is None:
