@@ -86,6 +86,12 @@ def _simulate_app() -> typer.Typer:
     return simulate_app
 
 
+def _db_app() -> typer.Typer:
+    from nsed.migrations.cli import db_app
+
+    return db_app
+
+
 def _serve_app() -> typer.Typer:
     from nsed.server.cli import serve_app
 
@@ -107,6 +113,7 @@ _GROUPS = (
     (_simulate_app, None, ("simulate",), "serve"),
     (_serve_app, None, ("serve", "ui"), "serve"),
     (_launch_app, None, ("up", "down"), "vllm"),
+    (_db_app, "db", ("db",), "postgres"),
 )
 
 

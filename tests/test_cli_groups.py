@@ -50,7 +50,7 @@ def test_every_group_loads_and_adds_the_commands_it_declares():
         assert tuple(names) == commands
         seen += names
     assert sorted(seen) == [
-        "bench", "broker", "down", "models", "runs", "serve", "simulate", "ui", "up",
+        "bench", "broker", "db", "down", "models", "runs", "serve", "simulate", "ui", "up",
     ]
     assert len(set(seen)) == len(seen)
 

@@ -269,11 +269,12 @@ def test_truncated_calls_count_in_telemetry_and_old_databases_gain_the_column(
     scripted_server.route("gamma", truncating)
     result = deliberate("What is 17 * 23?", team=team_dict(scripted_server.url, NAMES),
                         config=CONFIG)
-    # A database written before the column existed: model_stats without "truncations".
+    # A database written before the column existed: revision r0002, no "truncations".
     path = tmp_path / "old.db"
     Store(f"sqlite:///{path}").dispose()
     with sqlite3.connect(path) as db:
         db.execute("ALTER TABLE model_stats DROP COLUMN truncations")
+        db.execute("UPDATE alembic_version SET version_num = 'r0002'")
         db.execute("INSERT INTO model_stats (model_name, kind, calls, failures, timeouts, "
                    "latency_ewma_s, recent_latencies, prompt_tokens, completion_tokens, "
                    "cost_usd, support_sum, support_n, wins, round_wins, rounds_played, "

@@ -13,18 +13,22 @@ gave), so every round is over the same problems; ``reached`` says how many reall
 from __future__ import annotations
 
 import itertools
-import json
+import logging
 import math
 import warnings
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 from sqlmodel import select
 
+from nsed.benchmarks.runner import STALE_AFTER_S
 from nsed.errors import ConfigError
 from nsed.orchestrator.stopping import FatigueFit, fit_fatigue, utility
-from nsed.store import BenchResult, BenchRun, Store
+from nsed.store import BenchResult, BenchRun, BenchWorker, CorruptCell, Store, json_cell
+
+log = logging.getLogger("nsed.bench")
 
 Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
 
@@ -103,9 +107,20 @@ class RunListing(BaseModel):
     created_at: datetime
     benchmark: str
     methods: list[str]
-    status: str
+    status: str = Field(description="complete, running, stale, failed, interrupted, incomplete")
     answers: int
     expected: int | None = None
+    workers: int = Field(default=0, description="processes/actors that worked on it")
+    last_seen: datetime | None = Field(default=None, description="newest worker heartbeat")
+
+
+def _readable(text: str | None, where: str, default: Any) -> Any:
+    """A JSON cell for a report: an unreadable one is logged (naming it) and left out."""
+    try:
+        return json_cell(text, where, default)
+    except CorruptCell as exc:
+        log.warning("%s; the report leaves it out", exc)
+        return default
 
 
 def _get_run(store: Store, run_id: str) -> BenchRun:
@@ -155,7 +170,8 @@ def round_stats(nsed_rows: list[BenchResult]) -> list[RoundStats]:
     """Accuracy of the winner after each round (an early stop carries its answer forward)."""
     curves: list[list[bool]] = []
     for row in nsed_rows:
-        rounds = json.loads(row.detail or "{}").get("rounds") or []
+        detail = _readable(row.detail, f"bench_results id {row.id} (detail)", {})
+        rounds = (detail.get("rounds") if isinstance(detail, dict) else None) or []
         curves.append([bool(r.get("correct")) for r in rounds])
     depth = max((len(c) for c in curves), default=0)
     stats = []
@@ -182,7 +198,11 @@ def agent_stats(store: Store, nsed_rows: list[BenchResult]) -> list[AgentStats]:
     for row in nsed_rows:
         if not row.deliberation_id:
             continue
-        trace = store.load_deliberation(row.deliberation_id)
+        try:
+            trace = store.load_deliberation(row.deliberation_id)
+        except CorruptCell as exc:
+            log.warning("%s; the report leaves it out", exc)
+            continue
         if trace is None:
             continue
         for info in trace.agents:
@@ -267,29 +287,67 @@ def problem_rows(store: Store, run_id: str) -> list[ProblemRow]:
     return table
 
 
-def list_runs(store: Store) -> list[RunListing]:
-    """Every benchmark run in the store, newest first, with how many answers it has."""
-    with store.transaction() as session:
+def run_status(
+    stored: str,
+    workers: list[BenchWorker],
+    complete: bool,
+    now: datetime,
+    stale_after_s: float,
+) -> str:
+    """A run's status from its workers' rows (``stored``: the run row's, for runs older than
+    bench_workers): complete once every answer is stored; running while a worker beats;
+    otherwise what the last worker to finish said, or ``stale`` when every worker went silent
+    without finishing (killed, or unable to write its end status)."""
+    if complete:
+        return "complete"
+    if not workers:
+        return stored
+    limit = now - timedelta(seconds=stale_after_s)
+    if any(w.status == "running" and _utc(w.heartbeat_at) > limit for w in workers):
+        return "running"
+    finished = [w for w in workers if w.finished_at is not None]
+    if finished:
+        return max(finished, key=lambda w: _utc(w.finished_at)).status
+    return "stale"
+
+
+def _utc(value: datetime | None) -> datetime:
+    value = value or datetime.min.replace(tzinfo=UTC)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def list_runs(store: Store, *, now: datetime | None = None) -> list[RunListing]:
+    """Every benchmark run in the store, newest first, with how many answers it has and its
+    status derived from its workers (see :func:`run_status`; ``now`` defaults to the clock)."""
+    now = now or datetime.now(UTC)
+    with store.reading() as session:
         runs = list(session.exec(select(BenchRun)).all())
         answers = list(
-            session.exec(select(BenchResult.run_id).where(BenchResult.sample == 0)).all()
+            session.exec(
+                select(BenchResult.run_id, BenchResult.method).where(BenchResult.sample == 0)
+            ).all()
         )
-    counts: dict[str, int] = {}
-    for rid in answers:
-        counts[rid] = counts.get(rid, 0) + 1
+        workers = list(session.exec(select(BenchWorker)).all())
     listing = []
     for run in runs:
         methods = [m for m in run.methods.split(",") if m]
-        n_problems = json.loads(run.config or "{}").get("n_problems")
+        n = sum(1 for rid, method in answers if rid == run.run_id and method in methods)
+        config = _readable(run.config, f"bench_runs {run.run_id!r} (config)", {})
+        n_problems = config.get("n_problems") if isinstance(config, dict) else None
+        expected = n_problems * len(methods) if n_problems else None
+        mine = [w for w in workers if w.run_id == run.run_id]
+        complete = expected is not None and n >= expected
         listing.append(
             RunListing(
                 run_id=run.run_id,
                 created_at=run.created_at,
                 benchmark=run.benchmark,
                 methods=methods,
-                status=run.status,
-                answers=counts.get(run.run_id, 0),
-                expected=n_problems * len(methods) if n_problems else None,
+                status=run_status(run.status, mine, complete, now, STALE_AFTER_S),
+                answers=n,
+                expected=expected,
+                workers=len(mine),
+                last_seen=max((_utc(w.heartbeat_at) for w in mine), default=None),
             )
         )
     return sorted(listing, key=lambda r: r.created_at, reverse=True)

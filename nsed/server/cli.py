@@ -139,6 +139,16 @@ def serve(
             'a request can override it with "nsed": {"stream_reasoning": ...}'
         ),
     ] = False,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS|auto",
+            help="serve behind Ray Serve on the cluster (--ray auto or --ray HEAD:PORT); "
+            "implies --store; needs nsed[ray]",
+        ),
+    ] = None,
+    replicas: Annotated[int, typer.Option(min=1, help="Ray Serve replicas (with --ray)")] = 2,
 ) -> None:
     """Serve councils as OpenAI-compatible models at http://HOST:PORT/v1.
 
@@ -147,7 +157,7 @@ def serve(
     """
     logs.default_level(logging.INFO)
     store_url = None
-    if store:
+    if store or ray is not None:
         from nsed.store import default_database_url
 
         store_url = default_database_url()
@@ -172,10 +182,16 @@ def serve(
     console = Console(stderr=True)
     keys = len(settings.api_keys) + len(settings.admin_keys)
     auth = f"{keys} key(s), {len(settings.admin_keys)} admin" if keys else "off"
+    where = f" on Ray ({replicas} replicas)" if ray is not None else ""
     console.print(
-        f"nsed: serving {', '.join(settings.model_ids())} at http://{host}:{port}/v1 "
+        f"nsed: serving {', '.join(settings.model_ids())} at http://{host}:{port}/v1{where} "
         f"(auth {auth}, {settings.max_concurrent} concurrent, queue {settings.max_queue})"
     )
+    if ray is not None:
+        from nsed.scale.serve import serve_on_ray
+
+        serve_on_ray(settings, address=ray, replicas=replicas)
+        return
     run_server(settings)
 
 
