@@ -24,10 +24,12 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("bench_runs") as batch:
-        batch.add_column(sa.Column("sandbox", sa.String(), nullable=True))
-    with op.batch_alter_table("deliberations") as batch:
-        batch.add_column(sa.Column("owner", sa.String(), nullable=True))
+    inspector = sa.inspect(op.get_bind())
+    for table, column in (("bench_runs", "sandbox"), ("deliberations", "owner")):
+        # A column already there (a database stamped back to an older revision) is kept.
+        if column not in {c["name"] for c in inspector.get_columns(table)}:
+            with op.batch_alter_table(table) as batch:
+                batch.add_column(sa.Column(column, sa.String(), nullable=True))
 
 
 def downgrade() -> None:
