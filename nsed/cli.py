@@ -32,13 +32,14 @@ from nsed.orchestrator.events import (
     AgentReleased,
     AgentReweighted,
     AgentSignedOn,
+    CallTruncated,
     Event,
     Finished,
     ProposalReceived,
     RoundScored,
     RoundStarted,
 )
-from nsed.results import Deliberation, RoundRecord
+from nsed.results import CallRecord, Deliberation, RoundRecord
 
 app = typer.Typer(
     name="nsed",
@@ -86,10 +87,22 @@ def _simulate_app() -> typer.Typer:
     return simulate_app
 
 
+def _db_app() -> typer.Typer:
+    from nsed.migrations.cli import db_app
+
+    return db_app
+
+
 def _serve_app() -> typer.Typer:
     from nsed.server.cli import serve_app
 
     return serve_app
+
+
+def _launch_app() -> typer.Typer:
+    from nsed.launch.cli import launch_app
+
+    return launch_app
 
 
 # (loader, group name or None to merge its commands into the root app, command names, extra)
@@ -99,7 +112,9 @@ _GROUPS = (
     (_models_app, "models", ("models",), "dev"),
     (_broker_app, "broker", ("broker",), "dev"),
     (_simulate_app, None, ("simulate",), "serve"),
-    (_serve_app, None, ("serve",), "serve"),
+    (_serve_app, None, ("serve", "ui"), "serve"),
+    (_launch_app, None, ("up", "down"), "vllm"),
+    (_db_app, "db", ("db",), "postgres"),
 )
 
 
@@ -157,12 +172,25 @@ def _round_table(record: RoundRecord) -> Table:
             f"{record.variance.get(proposal.agent, 0.0):.1f}",
         )
     dropped = sum(1 for r in record.reviews if r.dropped_reason)
+    cut = sum(1 for c in record.calls if c.truncated)
+    used = [c.budget_used for c in record.calls if c.budget_used is not None]
     table.caption = (
         f"winner {record.winner} · conviction {record.conviction:.2f} · "
         f"{len(record.reviews) - dropped} reviews counted, {dropped} dropped · "
-        f"{record.prompt_tokens + record.completion_tokens} tokens · {record.wall_s:.1f}s"
+        f"{record.prompt_tokens + record.completion_tokens} tokens"
+        + (f" (largest call {max(used):.0%} of its max_tokens)" if used else "")
+        + (f" · [yellow]{cut} call(s) cut at max_tokens[/]" if cut else "")
+        + f" · {record.wall_s:.1f}s"
     )
     return table
+
+
+def _tokens(call: CallRecord | None, completion_tokens: int) -> str:
+    """``812/1024 tokens`` (and the thinking's share) when the cap is known."""
+    if call is None or call.max_tokens is None:
+        return f"{completion_tokens} tokens"
+    thinking = f", {call.reasoning_tokens} thinking" if call.reasoning_tokens else ""
+    return f"{call.completion_tokens}/{call.max_tokens} tokens{thinking}"
 
 
 def _show_event(console: Console, event: Event) -> None:
@@ -172,7 +200,14 @@ def _show_event(console: Console, event: Event) -> None:
         p = event.proposal
         console.print(
             f"[bold]{escape(p.agent)}[/] proposed: final [cyan]{escape(p.final or '—')}[/]"
-            f" ({p.completion_tokens} tokens, {p.latency_s:.1f}s)"
+            f" ({_tokens(event.call, p.completion_tokens)}, {p.latency_s:.1f}s)"
+        )
+    elif isinstance(event, CallTruncated):
+        cap = f" of {event.max_tokens}" if event.max_tokens else ""
+        console.print(
+            f"[yellow]{escape(event.agent)}'s {event.phase} was cut at max_tokens[/] "
+            f"({event.completion_tokens}{cap} tokens): raise max_tokens or "
+            "reasoning_max_tokens"
         )
     elif isinstance(event, AgentFailed):
         console.print(
@@ -249,6 +284,17 @@ def ask(
     json_output: Annotated[
         bool, typer.Option("--json", help="print the Deliberation as JSON and nothing else")
     ] = False,
+    store: Annotated[
+        bool,
+        typer.Option(help="save the trace in the nsed database and print its /ui/runs/ID page"),
+    ] = False,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            envvar="NSED_SERVER_URL",
+            help="URL of a running `nsed ui` reading the same database: implies --store",
+        ),
+    ] = None,
 ) -> None:
     """Deliberate on QUESTION with a team of models."""
     overrides = {
@@ -270,6 +316,7 @@ def ask(
     if json_output:
         result = anyio.run(lambda: council.run(question, checker=checker, **overrides))
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
+        _keep(result, store, server, err_console)
         return
     console = Console()
 
@@ -284,6 +331,24 @@ def ask(
     result = anyio.run(watch)
     if result is not None:
         _show_result(console, result)
+        _keep(result, store, server, console)
+
+
+def _keep(result: Deliberation, store: bool, server: str | None, console: Console) -> None:
+    """With ``--store`` or a server URL: save the trace and print the page that shows it."""
+    if not store and not server:
+        return
+    from nsed.links import DEFAULT_SERVER_URL, run_url
+    from nsed.store import Store
+
+    database = Store()
+    try:
+        database.save_deliberation(result)
+    finally:
+        database.dispose()
+    url = run_url(server or DEFAULT_SERVER_URL, result.id)
+    hint = "" if server else " (start the page with `nsed ui`)"
+    console.print(f"run page: {url}{hint}", highlight=False, soft_wrap=True)
 
 
 def _statement_checker(question: str, kind: str) -> Any:

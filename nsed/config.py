@@ -2,12 +2,15 @@
 
 Everything is a pydantic model, loadable from TOML, rejected at the edge with a ConfigError that
 says what to change. API keys are read from the environment (``api_key_env``) or given as a
-SecretStr; they never appear in ``repr``, ``model_dump`` or JSON output.
+SecretStr; they never appear in ``repr``, ``model_dump`` or JSON output. Provider options
+(``extra_body``, ``extra_headers``) whose names look secret (``Authorization``, ``*key*``,
+``*token*``, ...) are redacted the same way wherever a spec becomes text.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self, TypeVar
@@ -18,6 +21,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -26,7 +30,7 @@ from nsed.errors import ConfigError
 
 TaskKind = Literal["auto", "math", "code", "text"]
 TASK_KINDS: tuple[str, ...] = ("auto", "math", "code", "text")
-StructuredMode = Literal["json_schema", "json_object", "none"]
+StructuredMode = Literal["auto", "json_schema", "json_object", "none"]
 QVMode = Literal["budget_capped", "budget_signed", "sqrt_raw"]
 ProtocolVersion = Literal["v1", "v2"]
 Aggregation = Literal["answer", "proposal"]
@@ -44,6 +48,51 @@ DEFAULT_PERSONAS: tuple[str, ...] = (
     "a skeptical critic who hunts for the weakest step in each argument",
     "a systematic analyst who enumerates cases before concluding",
 )
+
+
+# Provider option names whose values are credentials: never shown, logged or stored.
+_SECRET_NAME = re.compile(
+    r"(?i)(authori[sz]ation|cookie|passw(or)?d|secret|credential|signature|token(?!s|iz)"
+    r"|api[-_.]?key|(^|[-_.])key($|[-_.]))"
+)
+REDACTED = "[redacted]"
+# Request fields nsed sets itself (or through a dedicated ModelSpec field): extra_body may not.
+_OWNED_BODY_KEYS = {
+    "model": "model",
+    "messages": None,
+    "n": None,
+    "stream": None,
+    "stream_options": None,
+    "response_format": "structured",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "max_tokens": "max_tokens",
+    "max_completion_tokens": "max_tokens",
+    "seed": "seed",
+    "stop": None,
+    "frequency_penalty": "frequency_penalty",
+    "presence_penalty": "presence_penalty",
+    "tools": None,
+    "tool_choice": None,
+    "parallel_tool_calls": None,
+}
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a header or option called ``name`` holds a credential (``Authorization``,
+    ``X-Api-Key``, ``x-goog-api-key``, ``*token*``, ``*secret*``, ...)."""
+    return bool(_SECRET_NAME.search(str(name)))
+
+
+def redact_secrets(value: Any) -> Any:
+    """``value`` with the values of secret-named keys replaced by ``[redacted]``, recursively."""
+    if isinstance(value, dict):
+        return {
+            k: REDACTED if is_secret_name(k) else redact_secrets(v) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact_secrets(v) for v in value]
+    return value
 
 
 class TomlModel(BaseModel):
@@ -68,7 +117,7 @@ class TomlModel(BaseModel):
 class ModelSpec(BaseModel):
     """One model endpoint as listed under ``[[models]]`` in a team TOML."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(min_length=1, max_length=64, description="label used in traces")
     kind: Literal["openai", "simulated"] = Field(
@@ -91,9 +140,59 @@ class ModelSpec(BaseModel):
     presence_penalty: float | None = Field(
         default=None, ge=-2, le=2, description="OpenAI sampling: penalise tokens already used"
     )
-    structured: StructuredMode = "json_schema"
+    structured: StructuredMode = Field(
+        default="auto",
+        description="'auto': JSON schema unless it would suppress a reasoning model's thinking",
+    )
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict,
+        description="merged into every request's JSON: chat_template_kwargs, reasoning_effort, "
+        "top_k, min_p, repetition_penalty, ...",
+    )
+    extra_headers: dict[str, str] = Field(
+        default_factory=dict, description="sent with every request; secret-named ones redacted"
+    )
+    extra_headers_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="header -> environment variable holding its value (for credentials)",
+    )
+    reasoning: bool | None = Field(
+        default=None,
+        description="the model thinks before it answers (Qwen3, gpt-oss, R1); None: guessed "
+        "from the model id and extra_body.chat_template_kwargs",
+    )
+    think_tags: tuple[str, str] = Field(
+        default=("<think>", "</think>"),
+        description="the tags around thinking left in the content by servers without a parser",
+    )
+    # Self-hosting (nsed up): what vllm serve loads and the GPU memory it needs.
+    hf_model: str | None = Field(
+        default=None, description="what vllm serve loads (a Hugging Face id or a local path)"
+    )
+    vram_gb: float = Field(
+        default=0.0,
+        ge=0,
+        description="> 0: self-hosted; its whole GPU need (weights + KV cache), for nsed up "
+        "and the broker's VRAM budget",
+    )
+    max_model_len: int | None = Field(
+        default=None, ge=256, description="vllm serve --max-model-len (prompt + output tokens)"
+    )
+    vllm_args: list[str] = Field(
+        default_factory=list, description="extra vllm serve arguments, e.g. ['--dtype', 'auto']"
+    )
+    tool_calling: Literal["prompt", "native"] = Field(
+        default="prompt",
+        description="how agents propose tool calls: 'prompt' asks for them in nsed's JSON step "
+        "format (any backend); 'native' passes the tools to the backend's own tool calling",
+    )
     replicas: int = Field(default=1, ge=1, le=16)
-    timeout_s: float = Field(default=120.0, gt=0)
+    timeout_s: float = Field(
+        default=120.0, gt=0, description="deadline of a whole call (retries included)"
+    )
+    max_reply_bytes: int = Field(
+        default=4_000_000, ge=1024, description="larger replies are a failed call, unread"
+    )
     max_concurrency: int = Field(default=4, ge=1, description="in-flight calls to this endpoint")
     max_retries: int = Field(default=3, ge=0, le=10)
     simulation: dict[str, float | int | str] = Field(
@@ -113,8 +212,9 @@ class ModelSpec(BaseModel):
     def _check_url(cls, value: str) -> str:
         value = value.strip().rstrip("/")
         if not value.startswith(("http://", "https://", "sim://")):
+            shown = "" if "@" in value else f" {value!r}"  # may hold credentials: not echoed
             raise ValueError(
-                f"base_url {value!r} must start with http:// or https:// "
+                f"base_url{shown} must start with http:// or https:// "
                 "(for example http://127.0.0.1:8001/v1)"
             )
         return value
@@ -125,6 +225,56 @@ class ModelSpec(BaseModel):
         if not value.strip():
             raise ValueError("name must not be blank")
         return value.strip()
+
+    @field_validator("extra_body")
+    @classmethod
+    def _check_extra_body(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if key in _OWNED_BODY_KEYS:
+                field = _OWNED_BODY_KEYS[key]
+                where = f"set it with the {field!r} field" if field else "nsed sets it per call"
+                raise ValueError(f"extra_body must not set {key!r}: {where}")
+        return value
+
+    @field_validator("extra_headers", "extra_headers_env")
+    @classmethod
+    def _check_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+                raise ValueError(f"header name {name!r} is not a valid HTTP header name")
+            if name.lower() in ("content-type", "content-length", "host"):
+                raise ValueError(f"header {name!r} is set by the HTTP client; remove it")
+        return value
+
+    @field_validator("think_tags")
+    @classmethod
+    def _check_tags(cls, value: tuple[str, str]) -> tuple[str, str]:
+        if not value[0].strip() or not value[1].strip() or value[0] == value[1]:
+            raise ValueError("think_tags must be two different, non-blank tags")
+        return value
+
+    @field_serializer("extra_body", "extra_headers")
+    def _redact(self, value: dict[str, Any]) -> dict[str, Any]:
+        return redact_secrets(value)
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, redact_secrets(value) if name in ("extra_body", "extra_headers") else value
+
+    def resolved_headers(self) -> dict[str, str]:
+        """``extra_headers`` plus those read from the environment (``extra_headers_env``).
+
+        ConfigError when a named variable is not set: a gateway would only answer 401.
+        """
+        headers = dict(self.extra_headers)
+        for name, env in self.extra_headers_env.items():
+            value = os.environ.get(env)
+            if not value:
+                raise ConfigError(
+                    f"{self.name}: environment variable {env} (for header {name}) is not set"
+                )
+            headers[name] = value
+        return headers
 
     def resolved_api_key(self) -> str | None:
         """The API key to send, from ``api_key`` or the environment variable ``api_key_env``."""
@@ -226,6 +376,18 @@ PROTOCOL_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Per-kind completion caps for reasoning models: their thinking counts against max_tokens.
+# Qwen3's model card recommends 32,768 output tokens for most queries and 38,912 for
+# competition maths and programming (also kind "auto", which may be either); 16,384 cuts hard
+# AIME items off mid-thought.
+REASONING_MAX_TOKENS: dict[str, int] = {
+    "auto": 38_912,
+    "math": 38_912,
+    "code": 38_912,
+    "text": 32_768,
+}
+
+
 class DeliberationConfig(BaseModel):
     """How one deliberation runs. The defaults are the README's "Protocol defaults" table;
     every value is overridable.
@@ -236,7 +398,7 @@ class DeliberationConfig(BaseModel):
     dumped with ``exclude_unset=True`` and loaded again keeps following its preset.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     protocol: ProtocolVersion = Field(default="v2", description="preset for the knobs below")
     kind: TaskKind = "auto"
@@ -291,7 +453,16 @@ class DeliberationConfig(BaseModel):
     embeddings: Literal["auto", "on", "off"] = "auto"
     # Calls.
     max_tokens: int | None = Field(default=1024, ge=1, description="completion cap per call")
-    call_timeout_s: float | None = Field(default=None, gt=0)
+    reasoning_max_tokens: dict[TaskKind, int] = Field(
+        default_factory=lambda: dict(REASONING_MAX_TOKENS),
+        description="completion cap per call for reasoning models, by task kind",
+    )
+    share_reasoning: bool = Field(
+        default=False, description="reviewers also see each proposal's thinking channel"
+    )
+    call_timeout_s: float | None = Field(
+        default=None, gt=0, description="deadline of every whole call; None: each timeout_s"
+    )
     max_question_chars: int = Field(default=20_000, ge=1)
     candidate_chars: int = Field(default=4000, ge=200, description="shown per candidate")
     # Budgets (None = unlimited).
@@ -316,7 +487,15 @@ class DeliberationConfig(BaseModel):
             )
         if self.drop_threshold > self.keep_threshold:
             raise ValueError("drop_threshold must not exceed keep_threshold")
+        if any(cap < 1 for cap in self.reasoning_max_tokens.values()):
+            raise ValueError("reasoning_max_tokens values must be >= 1")
         return self
+
+    def max_tokens_for(self, *, reasoning: bool) -> int | None:
+        """The completion cap of one call: per kind for a reasoning model, else max_tokens."""
+        if reasoning:
+            return self.reasoning_max_tokens.get(self.kind, REASONING_MAX_TOKENS[self.kind])
+        return self.max_tokens
 
     @classmethod
     def from_toml(cls, path: str | Path) -> DeliberationConfig:

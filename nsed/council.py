@@ -10,20 +10,29 @@ question's team from the catalog (knapsack under the $/VRAM budgets, with live t
 benches and replaces agents at round boundaries, and records telemetry after each question.
 This stays one class rather than a separate ``BrokeredCouncil`` so that every caller (the CLI,
 the server, benchmarks) gets brokering through the same ``run``/``stream`` API.
+
+For agent apps, the question may be a chat (a list of OpenAI-style messages, tool calls and
+tool results included), and ``tools=`` / ``tool_choice=`` / ``response_format=`` /
+``response_model=`` make the council deliberate on the next *step*: the result's ``step`` holds
+the chosen tool calls or answer, and ``parsed`` the typed answer (see ``nsed.steps``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from pydantic import BaseModel
 
+from nsed.agents import prompts
 from nsed.agents.agent import Agent
 from nsed.agents.backend import ChatBackend, EndpointPool, HTTPBackend
+from nsed.agents.conversation import ChatMessage, render_conversation
+from nsed.agents.reasoning import is_reasoning_model
 from nsed.config import (
     TASK_KINDS,
     AgentSpec,
@@ -38,6 +47,7 @@ from nsed.orchestrator.feedback import CandidateChecker
 from nsed.orchestrator.loop import EventSink, RoundHook, run_deliberation
 from nsed.orchestrator.similarity import get_embedder
 from nsed.results import Deliberation
+from nsed.steps import StepFormat, ToolLike, step_format
 
 if TYPE_CHECKING:
     from nsed.broker.broker import Broker, CatalogLike
@@ -47,6 +57,8 @@ log = logging.getLogger("nsed")
 
 TeamLike = TeamSpec | str | Path | dict[str, Any] | None
 REMOTE_REPLICAS = 5  # seats of the OPENAI_BASE_URL team
+# A question, or a chat whose latest user message (or tool results) the council answers.
+QuestionLike = str | Sequence[ChatMessage | Mapping[str, Any]]
 
 
 def resolve_team(team: TeamLike = None) -> TeamSpec:
@@ -117,26 +129,58 @@ def make_config(
     return validate_or_config_error(DeliberationConfig, base, "config")
 
 
-def make_backend(seat: AgentSpec, pool: EndpointPool) -> ChatBackend:
-    """The backend for one seat: HTTP for http(s) URLs, in-process simulation for sim://."""
+def make_backend(
+    seat: AgentSpec, pool: EndpointPool, timeout_s: float | None = None
+) -> ChatBackend:
+    """The backend for one seat: HTTP for http(s) URLs, in-process simulation for sim://.
+
+    ``timeout_s`` (the config's ``call_timeout_s``) replaces the model's own ``timeout_s`` as
+    the deadline of each whole call."""
     if seat.spec.kind == "simulated" or seat.spec.base_url.startswith("sim://"):
         from nsed.agents.simulated import simulated_backend
 
         return simulated_backend(seat, pool)
-    return HTTPBackend(seat.spec, pool, name=seat.name)
+    return HTTPBackend(seat.spec, pool, name=seat.name, timeout_s=timeout_s)
 
 
-def make_agent(seat: AgentSpec, backend: ChatBackend, config: DeliberationConfig) -> Agent:
+def make_agent(
+    seat: AgentSpec,
+    backend: ChatBackend,
+    config: DeliberationConfig,
+    step: StepFormat | None = None,
+) -> Agent:
+    """An agent for ``seat``; a reasoning model gets the per-kind reasoning token budget."""
     return Agent(
         seat,
         backend,
         kind=config.kind,
         max_rounds=config.max_rounds,
-        max_tokens=config.max_tokens,
+        max_tokens=config.max_tokens_for(reasoning=is_reasoning_model(seat.spec)),
         context=config.system_context,
         proposal_format=config.proposal_format,
         prompt_style=config.prompts,
+        step=step,
     )
+
+
+def prepare_task(
+    question: QuestionLike, config: DeliberationConfig, step: StepFormat | None
+) -> tuple[str, DeliberationConfig]:
+    """(the task text, the config) for a question or a chat, with the step's format.
+
+    A chat's system messages join ``config.system_context``; with a step format the task
+    lists the tools and the answer's shape, so that proposers and reviewers see the same.
+    """
+    if not isinstance(question, str):
+        chat = render_conversation(question)
+        question = chat.task
+        if chat.system_context:
+            parts = [p for p in (config.system_context, chat.system_context) if p]
+            config = make_config(config, system_context="\n\n".join(parts))
+    question = validate_question(question, config)
+    if step is not None:  # the app's tools and schema are not the question: not counted
+        question = prompts.step_task(question, step)
+    return question, config
 
 
 def make_broker(
@@ -218,39 +262,62 @@ class Council:
 
     async def run(
         self,
-        question: str,
+        question: QuestionLike,
         *,
         config: DeliberationConfig | dict[str, Any] | None = None,
         emit: EventSink | None = None,
         deliberation_id: str | None = None,
+        tools: Sequence[ToolLike] | None = None,
+        tool_choice: Any = None,
+        parallel_tool_calls: bool | None = None,
+        response_format: Mapping[str, Any] | None = None,
+        response_model: type[BaseModel] | None = None,
+        step: StepFormat | None = None,
         checker: CandidateChecker | None = None,
         **overrides: Any,
     ) -> Deliberation:
-        """Deliberate on one question; ``overrides`` are DeliberationConfig fields.
+        """Deliberate on one question (or chat); ``overrides`` are DeliberationConfig fields.
 
         ``deliberation_id`` names the run (default: a fresh uuid) so a caller that announced an
         id before the run finished (the server) finds it in the result, the store and telemetry.
+        ``tools`` (OpenAI tool dicts, pydantic classes or functions), ``tool_choice``,
+        ``parallel_tool_calls``, ``response_format`` and ``response_model`` ask for a step:
+        see :func:`nsed.steps.step_format`; ``step`` is such a format already built.
         ``checker`` runs code candidates on public tests before review (execution feedback;
         e.g. :class:`nsed.benchmarks.feedback.PublicTestChecker`).
         """
         cfg = make_config(config if config is not None else self.config, **overrides)
-        question = validate_question(question, cfg)
+        if step is None:
+            step = step_format(
+                tools=tools,
+                tool_choice=tool_choice,
+                parallel_tool_calls=parallel_tool_calls,
+                response_format=response_format,
+                response_model=response_model,
+            )
+        task, cfg = prepare_task(question, cfg, step)
         run = self._run if self.broker is None else self._run_brokered
         if self._pool is not None:
-            return await run(question, cfg, self._pool, emit, deliberation_id, checker)
+            return await run(task, cfg, self._pool, emit, deliberation_id, step, checker)
         async with EndpointPool() as pool:
-            return await run(question, cfg, pool, emit, deliberation_id, checker)
+            return await run(task, cfg, pool, emit, deliberation_id, step, checker)
 
     async def stream(
         self,
-        question: str,
+        question: QuestionLike,
         *,
         config: DeliberationConfig | dict[str, Any] | None = None,
         deliberation_id: str | None = None,
+        tools: Sequence[ToolLike] | None = None,
+        tool_choice: Any = None,
+        parallel_tool_calls: bool | None = None,
+        response_format: Mapping[str, Any] | None = None,
+        response_model: type[BaseModel] | None = None,
         checker: CandidateChecker | None = None,
         **overrides: Any,
     ) -> AsyncIterator[Event]:
-        """Deliberate and yield typed events as they happen; the last one is ``Finished``.
+        """Deliberate and yield typed events as they happen; the last one is ``Finished``
+        (its deliberation carries the step when tools or a response format were given).
 
         Closing the iterator early cancels the deliberation and its backend calls.
         """
@@ -265,6 +332,11 @@ class Council:
                         config=config,
                         emit=send.send,
                         deliberation_id=deliberation_id,
+                        tools=tools,
+                        tool_choice=tool_choice,
+                        parallel_tool_calls=parallel_tool_calls,
+                        response_format=response_format,
+                        response_model=response_model,
                         checker=checker,
                         **overrides,
                     )
@@ -289,6 +361,7 @@ class Council:
         pool: EndpointPool,
         emit: EventSink | None,
         deliberation_id: str | None = None,
+        step: StepFormat | None = None,
         checker: CandidateChecker | None = None,
     ) -> Deliberation:
         return await self._deliberate(
@@ -298,6 +371,7 @@ class Council:
             pool,
             emit,
             deliberation_id=deliberation_id,
+            step=step,
             checker=checker,
         )
 
@@ -308,13 +382,16 @@ class Council:
         pool: EndpointPool,
         emit: EventSink | None,
         deliberation_id: str | None = None,
+        step: StepFormat | None = None,
         checker: CandidateChecker | None = None,
     ) -> Deliberation:
         assert self.broker is not None
         plan = await self.broker.plan(
             config.kind,
             emit=emit,
-            make_agent=lambda seat: make_agent(seat, make_backend(seat, pool), config),
+            make_agent=lambda seat: make_agent(
+                seat, make_backend(seat, pool, config.call_timeout_s), config, step
+            ),
             deliberation_id=deliberation_id,
         )
         result: Deliberation | None = None
@@ -328,6 +405,7 @@ class Council:
                 vote_weights={**(self.vote_weights or {}), **plan.vote_weights},
                 on_round_end=plan.on_round_end,
                 deliberation_id=plan.deliberation_id,
+                step=step,
                 checker=checker,
             )
         finally:
@@ -345,11 +423,12 @@ class Council:
         vote_weights: dict[str, float] | None = None,
         on_round_end: RoundHook | None = None,
         deliberation_id: str | None = None,
+        step: StepFormat | None = None,
         checker: CandidateChecker | None = None,
     ) -> Deliberation:
-        backends = {seat.name: make_backend(seat, pool) for seat in seats}
+        backends = {seat.name: make_backend(seat, pool, config.call_timeout_s) for seat in seats}
         live = await preflight(seats, backends)
-        agents = [make_agent(seat, backends[seat.name], config) for seat in live]
+        agents = [make_agent(seat, backends[seat.name], config, step) for seat in live]
         embedder = await anyio.to_thread.run_sync(get_embedder, config.embeddings)
         return await run_deliberation(
             question,
@@ -402,7 +481,7 @@ async def preflight(seats: list[AgentSpec], backends: dict[str, ChatBackend]) ->
 
 
 async def adeliberate(
-    question: str,
+    question: QuestionLike,
     *,
     team: TeamLike = None,
     config: DeliberationConfig | dict[str, Any] | None = None,
@@ -410,21 +489,38 @@ async def adeliberate(
     budget: float | None = None,
     vram_gb: float | None = None,
     store: Store | str | None = None,
+    tools: Sequence[ToolLike] | None = None,
+    tool_choice: Any = None,
+    parallel_tool_calls: bool | None = None,
+    response_format: Mapping[str, Any] | None = None,
+    response_model: type[BaseModel] | None = None,
     **overrides: Any,
 ) -> Deliberation:
     """Deliberate on ``question`` (async). ``overrides`` are DeliberationConfig fields.
 
     With ``catalog`` the broker picks the team within ``budget`` $ per question (and
     ``vram_gb`` for self-hosted models), recording telemetry in ``store`` (default database).
+    ``question`` may be a chat (OpenAI-style messages). With ``tools`` the council decides the
+    next step (``result.step``: tool calls or the answer); with ``response_model`` (a pydantic
+    class) or ``response_format`` the answer is JSON valid against the schema, and
+    ``result.parsed`` is the ``response_model`` instance (``result.parsed_as(Model)``).
     """
     council = Council(
         team, config, catalog=catalog, budget_usd=budget, vram_gb=vram_gb, store=store
     )
-    return await council.run(question, **overrides)
+    return await council.run(
+        question,
+        tools=tools,
+        tool_choice=tool_choice,
+        parallel_tool_calls=parallel_tool_calls,
+        response_format=response_format,
+        response_model=response_model,
+        **overrides,
+    )
 
 
 def deliberate(
-    question: str,
+    question: QuestionLike,
     *,
     team: TeamLike = None,
     config: DeliberationConfig | dict[str, Any] | None = None,
@@ -432,12 +528,18 @@ def deliberate(
     budget: float | None = None,
     vram_gb: float | None = None,
     store: Store | str | None = None,
+    tools: Sequence[ToolLike] | None = None,
+    tool_choice: Any = None,
+    parallel_tool_calls: bool | None = None,
+    response_format: Mapping[str, Any] | None = None,
+    response_model: type[BaseModel] | None = None,
     **overrides: Any,
 ) -> Deliberation:
     """Deliberate on ``question`` and return the result (blocking).
 
     With no team, no catalog and no environment configuration this starts the embedded local
-    model. See :func:`adeliberate` for ``catalog``, ``budget``, ``vram_gb`` and ``store``.
+    model. See :func:`adeliberate` for ``catalog``, ``budget``, ``vram_gb``, ``store``, chats,
+    tools and typed answers.
     """
     return anyio.run(
         lambda: adeliberate(
@@ -448,6 +550,11 @@ def deliberate(
             budget=budget,
             vram_gb=vram_gb,
             store=store,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
+            response_format=response_format,
+            response_model=response_model,
             **overrides,
         )
     )

@@ -8,8 +8,14 @@ public names; the anonymous labels used during review stay internal.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field, field_validator
+
+from nsed.errors import ConfigError, redact_url
+from nsed.steps import Step
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class Usage(BaseModel):
@@ -17,10 +23,12 @@ class Usage(BaseModel):
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning_tokens: int = Field(default=0, description="of completion_tokens: the thinking")
     cost_usd: float = 0.0
     calls: int = 0
     retries: int = 0
     failed_calls: int = 0
+    truncated_calls: int = Field(default=0, description="calls cut at max_tokens")
 
     @property
     def total_tokens(self) -> int:
@@ -29,10 +37,12 @@ class Usage(BaseModel):
     def add(self, other: Usage) -> None:
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
+        self.reasoning_tokens += other.reasoning_tokens
         self.cost_usd += other.cost_usd
         self.calls += other.calls
         self.retries += other.retries
         self.failed_calls += other.failed_calls
+        self.truncated_calls += other.truncated_calls
 
 
 class Proposal(BaseModel):
@@ -41,12 +51,18 @@ class Proposal(BaseModel):
     agent: str
     reasoning: str = ""
     answer: str
+    thinking: str = Field(
+        default="", description="the model's thinking channel: trace only, unless shared"
+    )
     final: str | None = None
     parse_error: str | None = Field(default=None, description="what could not be parsed, if any")
     finish_reason: str | None = Field(default=None, description="as the backend reported it")
     truncated: bool = Field(default=False, description="cut at max_tokens: not a complete answer")
     blind: bool = Field(
         default=False, description="written without the council state (exploration re-solve)"
+    )
+    step: Step | None = Field(
+        default=None, description="with tools or an answer schema: the step, checked"
     )
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -62,6 +78,26 @@ class Review(BaseModel):
     critique: str = ""
     dropped_reason: str | None = None
     clipped: bool = Field(default=False, description="score was outside [-100, 100]")
+
+
+class CallRecord(BaseModel):
+    """One successful model call: how it ended and how much of its token budget it used."""
+
+    agent: str
+    phase: str = Field(description="propose or review")
+    finish_reason: str | None = None
+    truncated: bool = Field(default=False, description="cut at max_tokens")
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    max_tokens: int | None = Field(default=None, description="the completion cap sent")
+    latency_s: float = 0.0
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def budget_used(self) -> float | None:
+        """completion_tokens / max_tokens (None without a cap)."""
+        return self.completion_tokens / self.max_tokens if self.max_tokens else None
 
 
 class Failure(BaseModel):
@@ -127,6 +163,9 @@ class RoundRecord(BaseModel):
     wall_s: float = 0.0
     state_tokens: int = 0
     failures: list[Failure] = Field(default_factory=list)
+    calls: list[CallRecord] = Field(
+        default_factory=list, description="every successful call: finish reason, budget used"
+    )
     agent_usage: dict[str, Usage] = Field(
         default_factory=dict, description="per agent: tokens, cost, calls, failed calls"
     )
@@ -150,13 +189,18 @@ class RoundRecord(BaseModel):
 
 
 class AgentInfo(BaseModel):
-    """Who took part (no secrets)."""
+    """Who took part (no secrets: credentials in ``base_url`` are redacted)."""
 
     name: str
     model: str
     base_url: str
     persona: str | None = None
     role: str | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _redacted(cls, value: str) -> str:
+        return redact_url(value)
 
 
 class Deliberation(BaseModel):
@@ -175,3 +219,21 @@ class Deliberation(BaseModel):
     started_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     wall_s: float = 0.0
     config: dict = Field(default_factory=dict)
+    step: Step | None = Field(
+        default=None, description="with tools or an answer schema: the chosen step (valid)"
+    )
+    parsed: Any = Field(
+        default=None,
+        description="the JSON answer; an instance of response_model when one was given",
+    )
+
+    def parsed_as(self, model: type[M]) -> M:
+        """The JSON answer as an instance of ``model`` (also for a trace read back from JSON)."""
+        if isinstance(self.parsed, model):
+            return self.parsed
+        if self.parsed is None:
+            raise ConfigError(
+                "this deliberation has no JSON answer: ask with response_model=... or "
+                "response_format=..."
+            )
+        return model.model_validate(self.parsed)

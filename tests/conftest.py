@@ -9,6 +9,9 @@ from collections.abc import Callable, Iterator
 import pytest
 from hypothesis import settings
 
+from tests import postgres_server, ray_cluster
+from tests.browser import INSTALL as BROWSER_INSTALL
+from tests.browser import browser_missing
 from tests.scripted_server import ScriptedServer
 
 # Property tests are reproducible: the "ci" profile (the default) derives every example from
@@ -37,6 +40,9 @@ def _onnx_embedder() -> str | None:
 REQUIRED_COMPONENTS: dict[str, tuple[Callable[[], str | None], str]] = {
     "integration": (_local_server, "make install-local"),
     "embed": (_onnx_embedder, "make install-dev"),
+    "postgres": (postgres_server.missing, postgres_server.INSTALL),
+    "ray": (ray_cluster.missing, ray_cluster.INSTALL),
+    "browser": (browser_missing, BROWSER_INSTALL),
 }
 
 
@@ -71,3 +77,30 @@ def scripted_server_factory() -> Iterator[Callable[[], ScriptedServer]]:
     yield make
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[postgres_server.PostgresServer]:
+    """One real PostgreSQL server for the session (initdb in a temp folder, 127.0.0.1)."""
+    why = postgres_server.missing()
+    if why is not None:
+        pytest.fail(f"this test needs PostgreSQL: {why}. Install: {postgres_server.INSTALL}",
+                    pytrace=False)
+    with postgres_server.PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres: postgres_server.PostgresServer) -> str:
+    """The URL of a fresh, empty PostgreSQL database for one test."""
+    return postgres.new_database()
+
+
+@pytest.fixture(scope="session")
+def ray_head() -> Iterator[ray_cluster.RayCluster]:
+    """One real local Ray cluster (a head node on 127.0.0.2, 4 logical CPUs) for the session."""
+    why = ray_cluster.missing()
+    if why is not None:
+        pytest.fail(f"this test needs Ray: {why}. Install: {ray_cluster.INSTALL}", pytrace=False)
+    with ray_cluster.RayCluster(cpus=4) as cluster:
+        yield cluster

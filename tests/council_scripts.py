@@ -1,9 +1,10 @@
 """Scripted agent behaviours for the scripted OpenAI-compatible server.
 
 A behaviour answers both phases of the protocol the way a model would: proposals as JSON with a
-``\\boxed{}`` final answer, reviews as JSON over the labels it was shown. Reviewers judge the
-candidates only from what they see (the candidate text), which is exactly what the anonymisation
-guarantees them.
+``\\boxed{}`` final answer (or, for agent apps, steps: tool calls in nsed's JSON format or as
+native ``tool_calls``, and JSON answers), reviews as JSON over the labels it was shown.
+Reviewers judge the candidates only from what they see (the candidate text), which is exactly
+what the anonymisation guarantees them.
 """
 
 from __future__ import annotations
@@ -11,8 +12,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from typing import Any
 
-from nsed.agents.prompts import PROPOSAL_SCHEMA_NAME, REVIEW_SCHEMA_NAME
+from nsed.agents.prompts import (
+    FORMATTING_HEADER,
+    PROPOSAL_SCHEMA_NAME,
+    REVIEW_SCHEMA_NAME,
+    STEP_SCHEMA_NAME,
+)
 from tests.scripted_server import ChatRequest, Reply
 
 OWN_LABEL = re.compile(r"\(label ([A-Z0-9]+): do not score it\)")
@@ -23,7 +30,9 @@ def is_review(request: ChatRequest) -> bool:
 
 
 def is_proposal(request: ChatRequest) -> bool:
-    return request.schema_name == PROPOSAL_SCHEMA_NAME or "· Proposing]" in request.user
+    return request.schema_name in (PROPOSAL_SCHEMA_NAME, STEP_SCHEMA_NAME) or (
+        "· Proposing]" in request.user
+    )
 
 
 def own_label(request: ChatRequest) -> str | None:
@@ -77,3 +86,85 @@ def team_dict(url: str, names: list[str], **extra: object) -> dict:
             for name in names
         ]
     }
+
+
+# --- Steps: agents of an agent app (tool calls and JSON answers) ------------------------------
+
+TOOL_RESULT = "Tool result ("  # how the task shows a tool's result (prompts.tool_result_turn)
+
+
+def is_formatting(request: ChatRequest) -> bool:
+    return request.user.startswith(FORMATTING_HEADER)
+
+
+def has_tool_results(request: ChatRequest) -> bool:
+    return TOOL_RESULT in request.user
+
+
+def step_json(
+    *, answer: Any = None, calls: list[tuple[str, dict]] | None = None, reasoning: str = "Plan."
+) -> str:
+    """A step in nsed's JSON format: tool calls (name, arguments) or the answer."""
+    if calls is not None:
+        items = [{"name": name, "arguments": arguments} for name, arguments in calls]
+        return json.dumps({"reasoning": reasoning, "tool_calls": items})
+    return json.dumps({"reasoning": reasoning, "answer": answer})
+
+
+def native_calls(calls: list[tuple[str, dict]]) -> Reply:
+    """A reply that calls tools natively (``message.tool_calls``), as vLLM or OpenAI send."""
+    return Reply(
+        tool_calls=[
+            {
+                "id": f"native_{i}",
+                "type": "function",
+                "function": {"name": name, "arguments": json.dumps(arguments)},
+            }
+            for i, (name, arguments) in enumerate(calls)
+        ]
+    )
+
+
+def calls_then_answer(
+    calls: list[tuple[str, dict]], answer: Any, *, native: bool = False
+) -> Callable[[ChatRequest], Reply | str]:
+    """Propose ``calls`` until the task shows tool results, then ``answer``."""
+
+    def propose(request: ChatRequest) -> Reply | str:
+        if has_tool_results(request):
+            return step_json(answer=answer, reasoning="The tool returned what I needed.")
+        return native_calls(calls) if native else step_json(calls=calls)
+
+    return propose
+
+
+def step_agent(
+    propose: Callable[[ChatRequest], Reply | str],
+    *,
+    judge: Callable[[str], int] | None = None,
+    restate: Callable[[ChatRequest], Reply | str] | None = None,
+) -> Callable[[ChatRequest], Reply]:
+    """A scripted agent whose proposals are steps; reviews with ``judge`` (candidate text)."""
+    judge = judge or (lambda text: 10)
+
+    def handler(request: ChatRequest) -> Reply:
+        if is_review(request):
+            reviews = [
+                {"candidate": label, "score": judge(text), "critique": f"checked {label}"}
+                for label, text in request.candidates().items()
+            ]
+            return Reply(content=json.dumps({"reviews": reviews}))
+        if is_formatting(request):
+            if restate is None:
+                raise AssertionError("this scripted agent expects no formatting call")
+            reply = restate(request)
+        else:
+            reply = propose(request)
+        return reply if isinstance(reply, Reply) else Reply(content=reply)
+
+    return handler
+
+
+def judge_by_text(token: str, good: int = 80, bad: int = -60) -> Callable[[str], int]:
+    """Score a candidate high when its text contains ``token``."""
+    return lambda text: good if token in text else bad

@@ -193,9 +193,19 @@ class ChatRequest:
         return _find_candidate_enum(self.response_format)
 
 
+_UNSET: Any = object()
+
+
 @dataclass
 class Reply:
-    """What a handler answers; a non-200 ``status`` makes an OpenAI error reply."""
+    """What a handler answers; a non-200 ``status`` makes an OpenAI error reply.
+
+    Reasoning-style replies: ``reasoning`` goes out as ``message.<reasoning_field>`` (vLLM's
+    ``reasoning``, or ``reasoning_content`` as older vLLM and llama.cpp send it), and
+    ``reasoning_tokens`` as ``usage.completion_tokens_details.reasoning_tokens``. For replies a
+    real server should never send, ``message`` replaces the whole message object and ``usage``
+    the whole usage value (``None`` leaves it out), verbatim; ``finish_reason`` may be any JSON.
+    """
 
     content: str = ""
     status: int = 200
@@ -205,7 +215,31 @@ class Reply:
     completion_tokens: int | None = None
     error_body: dict[str, Any] | None = None
     drop_connection: bool = False
-    finish_reason: str = "stop"
+    finish_reason: Any = "stop"
+    tool_calls: list[dict[str, Any]] | None = None  # native tool calls, in the OpenAI shape
+    reasoning: str | None = None
+    reasoning_field: str = "reasoning_content"
+    reasoning_tokens: int | None = None
+    raw_message: Any = _UNSET
+    usage: Any = _UNSET
+
+    def finish(self) -> Any:
+        """The finish reason sent: ``tool_calls`` for a reply that calls tools, unless set."""
+        if self.tool_calls and self.finish_reason == "stop":
+            return "tool_calls"
+        return self.finish_reason
+
+    def message(self) -> Any:
+        """The message object sent (``raw_message`` verbatim when a test scripted one)."""
+        if self.raw_message is not _UNSET:
+            return self.raw_message
+        message: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+            message["content"] = self.content or None
+        if self.reasoning is not None:
+            message[self.reasoning_field] = self.reasoning
+        return message
 
 
 Handler = Callable[[ChatRequest], Reply | str | dict[str, Any] | list[Any]]
@@ -263,8 +297,9 @@ class ScriptedServer:
     the concurrency a client really achieved.
     """
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
+        self._port = port  # 0: a free one, chosen when it starts
         self._lock = threading.Lock()
         self._routes: dict[str, Handler] = {}
         self._failures: dict[str, deque[_Failure]] = {}
@@ -378,6 +413,7 @@ class ScriptedServer:
             self._server = serve_in_thread(
                 self._asgi,
                 host=self.host,
+                port=self._port,
                 name="scripted-server",
                 timeout_s=timeout_s,
                 loop="asyncio",
@@ -525,7 +561,9 @@ class ScriptedServer:
             completion_id = f"chatcmpl-scripted-{seq}"
             if not chat.stream:
                 payload = _completion(chat, replies, completion_id)
-                return JSONResponse(payload, headers=replies[0].headers)
+                # allow_nan: a test may script a reply with Infinity in it, as Python writes it
+                body = json.dumps(payload, allow_nan=True)
+                return Response(body, media_type="application/json", headers=replies[0].headers)
             streaming = True
             return StreamingResponse(
                 self._sse(chat, replies, completion_id),
@@ -613,7 +651,7 @@ def _error(
     )
 
 
-def _usage(chat: ChatRequest, replies: list[Reply]) -> dict[str, int]:
+def _usage(chat: ChatRequest, replies: list[Reply]) -> dict[str, Any]:
     first = replies[0]
     prompt = (
         first.prompt_tokens
@@ -621,18 +659,23 @@ def _usage(chat: ChatRequest, replies: list[Reply]) -> dict[str, int]:
         else _estimate_tokens(chat.prompt_chars())
     )
     completion = sum(
-        r.completion_tokens if r.completion_tokens is not None else _estimate_tokens(len(r.content))
+        r.completion_tokens
+        if r.completion_tokens is not None
+        else _estimate_tokens(len(r.content) + len(r.reasoning or ""))
         for r in replies
     )
-    return {
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
+    if first.reasoning_tokens is not None:
+        usage["completion_tokens_details"] = {"reasoning_tokens": first.reasoning_tokens}
+    return usage
 
 
 def _completion(chat: ChatRequest, replies: list[Reply], completion_id: str) -> dict[str, Any]:
-    return {
+    payload: dict[str, Any] = {
         "id": completion_id,
         "object": "chat.completion",
         "created": int(time.time()),
@@ -640,14 +683,20 @@ def _completion(chat: ChatRequest, replies: list[Reply], completion_id: str) -> 
         "choices": [
             {
                 "index": i,
-                "message": {"role": "assistant", "content": r.content},
+                "message": r.message(),
                 "logprobs": None,
-                "finish_reason": r.finish_reason,
+                "finish_reason": r.finish(),
             }
             for i, r in enumerate(replies)
         ],
         "usage": _usage(chat, replies),
     }
+    usage = replies[0].usage
+    if usage is None:
+        del payload["usage"]
+    elif usage is not _UNSET:
+        payload["usage"] = usage
+    return payload
 
 
 def _pieces(text: str) -> list[str]:
@@ -676,12 +725,17 @@ def _stream_chunks(
     for i, reply in enumerate(replies):
         first = {"role": "assistant", "content": ""}
         yield chunk([{"index": i, "delta": first, "logprobs": None, "finish_reason": None}])
+        if reply.reasoning:
+            for piece in _pieces(reply.reasoning):
+                delta = {reply.reasoning_field: piece}
+                yield chunk([{"index": i, "delta": delta, "logprobs": None, "finish_reason": None}])
         for piece in _pieces(reply.content):
-            delta = {"content": piece}
+            delta: dict[str, Any] = {"content": piece}
             yield chunk([{"index": i, "delta": delta, "logprobs": None, "finish_reason": None}])
-        yield chunk(
-            [{"index": i, "delta": {}, "logprobs": None, "finish_reason": reply.finish_reason}]
-        )
+        for j, call in enumerate(reply.tool_calls or []):
+            delta = {"tool_calls": [{"index": j, **call}]}
+            yield chunk([{"index": i, "delta": delta, "logprobs": None, "finish_reason": None}])
+        yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": reply.finish()}])
     options = chat.body.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage"):
         yield chunk([], usage=_usage(chat, replies))

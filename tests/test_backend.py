@@ -159,3 +159,16 @@ def test_preflight_warns_about_an_unknown_model_id(scripted_server, caplog):
 )
 def test_parse_retry_after(header, expected):
     assert parse_retry_after(header) == expected
+
+
+def test_native_tool_params_are_sent_and_tool_calls_come_back(scripted_server):
+    call = {"id": "c1", "type": "function", "function": {"name": "mul", "arguments": '{"a": 6}'}}
+    scripted_server.route("m", lambda r: Reply(tool_calls=[call]))
+    params = {"tools": [{"type": "function", "function": {"name": "mul"}}], "tool_choice": "auto"}
+    result = complete(spec(scripted_server.url), tool_params=params)
+    assert result.tool_calls == [call] and result.text == ""
+    assert result.finish_reason == "tool_calls" and not result.truncated
+    body = scripted_server.requests[0].body
+    assert body["tools"] == params["tools"] and body["tool_choice"] == "auto"
+    plain = complete(spec(scripted_server.url))
+    assert "tools" not in scripted_server.requests[-1].body and plain.tool_calls == [call]

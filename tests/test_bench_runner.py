@@ -143,8 +143,9 @@ def test_bench_quick_end_to_end_and_report(scripted_server, tmp_path, config_fil
     shown = run_cli("runs", "show", run_id, "--json", home=home)
     assert shown.returncode == 0, shown.stderr
     report = json.loads(shown.stdout)
-    assert set(report) == {"run_id", "benchmark", "methods", "rounds", "agents"}
+    assert set(report) == {"run_id", "benchmark", "sandbox", "methods", "rounds", "agents"}
     assert report["run_id"] == run_id and report["benchmark"] == "quick"
+    assert report["sandbox"] is None  # math: no code ran
     assert list(report["methods"]) == labels
     for stats in report["methods"].values():
         assert {"n", "correct", "accuracy", "ci95", "tokens", "cost_usd"} <= set(stats)

@@ -62,6 +62,27 @@ def test_ask_live_view_shows_rounds_and_answer(team_file):
     assert "391" in done.stdout and "winner" in done.stdout
 
 
+def test_ask_live_view_shows_truncation_and_token_budgets(scripted_server, tmp_path):
+    cut = agent("392", judge=judge_by_answer("391"))
+
+    def truncated(request):
+        reply = cut(request)
+        reply.finish_reason, reply.completion_tokens = "length", 1024
+        return reply
+
+    for name in ("alpha", "beta"):
+        scripted_server.route(name, agent("391", judge=judge_by_answer("391")))
+    scripted_server.route("gamma", truncated)
+    team = write_team(tmp_path / "team.toml", scripted_server.url)
+    done = run_nsed("ask", "What is 17 * 23?", "--team", str(team), "--kind", "math",
+                    "--rounds", "1", columns=200)
+    assert done.returncode == 0, done.stderr
+    assert "gamma's propose was cut at max_tokens (1024 of 1024 tokens)" in done.stdout
+    assert "/1024 tokens" in done.stdout  # every proposal shows its share of the cap
+    assert "call(s) cut at max_tokens" in done.stdout
+    assert "of its max_tokens" in done.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

@@ -49,7 +49,9 @@ def test_every_group_loads_and_adds_the_commands_it_declares():
         names = command_names(sub) if group is None else [group]
         assert tuple(names) == commands
         seen += names
-    assert sorted(seen) == ["bench", "broker", "models", "runs", "serve", "simulate"]
+    assert sorted(seen) == [
+        "bench", "broker", "db", "down", "models", "runs", "serve", "simulate", "ui", "up",
+    ]
     assert len(set(seen)) == len(seen)
 
 

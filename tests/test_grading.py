@@ -180,6 +180,7 @@ def test_wrong_or_missing_integer_answers(predicted: str | None, gold: str) -> N
 
 def test_general_math_answers_use_math_verify() -> None:
     import math_verify  # noqa: F401  (extra bench; make install-dev installs it)
+
     assert grade_math("0.5", "\\frac{1}{2}")
     assert grade_math("\\frac{1}{2}", "0.5")
     assert grade_math("\\boxed{\\frac{2}{4}}", "\\frac{1}{2}")
@@ -197,3 +198,86 @@ def test_math_verify_works_off_the_main_thread() -> None:
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(lambda p: grade_math(p, "\\frac{1}{2}"), ["0.5", "0.25"]))
     assert results == [True, False]
+
+
+# --- Hostile output is a failed test, never an error in nsed (issue 14, item 4) ---------------
+
+ADD_PROBLEM = Problem(
+    id="add",
+    benchmark="lcb",
+    kind="code",
+    prompt="Return a + b.",
+    func_name="add",
+    tests=[
+        TestCase(input="1\n2", output="3", testtype="functional"),
+        TestCase(input="2\n2", output="4", testtype="functional"),
+    ],
+)
+SENTINEL = "\\x1ensed-result\\x1e"  # as the harness prints it (see sandbox.RESULT_SENTINEL)
+
+
+def forging(payload: str) -> str:
+    """A solution that prints its own result line to the real stdout and leaves at once."""
+    return (
+        "import os\n"
+        "class Solution:\n"
+        "    def add(self, a, b):\n"
+        f"        os.write(1, ('\\n{SENTINEL}' + {payload!r} + '\\n').encode())\n"
+        "        os._exit(0)\n"
+    )
+
+
+HOSTILE_RESULTS = {
+    "10**5000": (
+        "import sys\nsys.set_int_max_str_digits(0)\n"
+        "class Solution:\n    def add(self, a, b):\n        return 10**5000\n",
+        "wrong answer",
+    ),
+    "forged-list": (forging("[1, 2]"), "forged"),
+    "forged-number-value": (forging('{"ok": true, "value": 3}'), "forged"),
+    "forged-not-json": (forging('{"ok": tru'), "forged"),
+    "forged-deep-value": (
+        forging('{"ok": true, "value": "' + "[" * 100_000 + '"}'),
+        "not readable",
+    ),
+    "forged-deep-payload": (forging("[" * 100_000), "forged"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_RESULTS))
+def test_a_hostile_result_is_a_failed_test(name: str) -> None:
+    code, reason = HOSTILE_RESULTS[name]
+    grade = grade_code(code, ADD_PROBLEM)
+    assert grade.total == 2 and grade.passed == 0 and not grade.correct
+    assert grade.first_failure is not None and grade.first_failure.startswith("test 1: ")
+    assert reason in grade.first_failure
+
+
+def test_an_integer_too_long_for_int_is_still_graded_exactly() -> None:
+    huge = "9" * 5000
+    problem = ADD_PROBLEM.model_copy(
+        update={"tests": [TestCase(input="1\n2", output=huge, testtype="functional")]}
+    )
+    code = (
+        "import sys\nsys.set_int_max_str_digits(0)\n"
+        "class Solution:\n    def add(self, a, b):\n        return 10**5000 - 1\n"
+    )
+    assert grade_code(code, problem).correct
+    assert not grade_code(code.replace("- 1", "- 2"), problem).correct
+
+
+def test_signalling_nan_in_the_output_is_a_wrong_answer() -> None:
+    problem = STDIN_PROBLEM.model_copy(
+        update={"tests": [TestCase(input="", output="1\n", testtype="stdin")]}
+    )
+    for printed in ("sNaN", "NaN", "Infinity", "-sNaN123"):
+        grade = grade_code(f"print({printed!r})", problem)
+        assert grade.first_failure is not None and "wrong answer" in grade.first_failure
+    assert stdout_matches("NaN\n", "NaN\n") and not stdout_matches("sNaN", "1")
+
+
+def test_math_answers_of_any_length_are_compared_without_crashing() -> None:
+    long = "1" * 5000
+    assert grade_math(long, long) and grade_math(f"\\boxed{{{long}}}", "0" + long)
+    assert not grade_math(long, "70") and not grade_math("70", long)
+    assert grade_math("-0", "0") and not grade_math("-5", "5")

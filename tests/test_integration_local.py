@@ -22,6 +22,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+from pydantic import BaseModel
 
 from nsed import (
     Council,
@@ -35,14 +36,17 @@ from nsed import (
     RoundStarted,
     deliberate,
 )
+from nsed.agents import prompts
 from nsed.agents.local import (
     LocalServer,
     LocalServerConfig,
     get_shared_server,
     shutdown_shared_server,
 )
-from nsed.errors import BackendError, ConfigError
-from nsed.orchestrator.events import AgentFailed
+from nsed.agents.step_parsing import parse_step
+from nsed.errors import BackendError, ConfigError, InvalidOutput
+from nsed.orchestrator.events import AgentFailed, CallTruncated
+from nsed.steps import step_format
 from tests.council_scripts import agent, judge_by_answer, team_dict
 from tests.scripted_server import ScriptedServer
 
@@ -266,6 +270,10 @@ def test_streamed_events_arrive_in_protocol_order(two_calls: TwoCalls) -> None:
         elif isinstance(event, RoundScored):
             assert phase in ("proposing", "reviewing")
             phase = "done"
+        elif isinstance(event, CallTruncated):  # a call cut at max_tokens, just before its event
+            allowed = ("started", "proposing") if event.phase == "propose" else (
+                "proposing", "reviewing")
+            assert phase in allowed, f"a truncated {event.phase} call in phase {phase}"
         else:
             assert isinstance(event, AgentFailed), f"unexpected event {event.type}"
     assert phase == "done"
@@ -284,6 +292,68 @@ def test_server_is_reused_across_deliberate_calls(
     assert get_shared_server() is local_server and local_server.is_alive()
     served0, served1, served2 = two_calls.served
     assert served0 < served1 < served2  # both calls were answered by this very process
+
+
+def multiply(a: int, b: int) -> int:
+    """Multiply two integers."""
+    return a * b
+
+
+class Product(BaseModel):
+    value: int
+    unit: str
+
+
+@pytest.mark.integration
+def test_llama_cpp_decodes_under_the_nsed_step_schema(local_server: LocalServer) -> None:
+    """llama.cpp accepts the step schemas (tools with $defs, a forced tool, an answer model) as
+    grammars: a reply that finishes is a valid step, whatever the tiny model means by it."""
+    formats = [
+        step_format(tools=[multiply, Product]),
+        step_format(tools=[multiply], tool_choice="required", parallel_tool_calls=False),
+        step_format(response_model=Product),
+    ]
+    for fmt in formats:
+        assert fmt is not None
+        user = prompts.step_proposal_prompt(
+            round_index=1,
+            question=prompts.step_task("What is 6 times 7?", fmt),
+            state_view=None,
+            fmt=fmt,
+            native=False,
+        )
+        schema = {"name": prompts.STEP_SCHEMA_NAME, "schema": prompts.step_schema(fmt)}
+        reply = httpx.post(
+            f"{local_server.base_url}/chat/completions",
+            json={
+                "model": "local",
+                "messages": [{"role": "user", "content": user}],
+                "max_tokens": 300,
+                "temperature": 0.2,
+                "seed": 1,
+                "response_format": {"type": "json_schema", "json_schema": schema},
+            },
+            timeout=300,
+            trust_env=False,
+        )
+        assert reply.status_code == 200, reply.text[:300]  # the grammar was built
+        choice = reply.json()["choices"][0]
+        if choice["finish_reason"] == "stop":
+            step = parse_step(choice["message"]["content"], [], fmt).step
+            assert step.valid, (step.errors, choice["message"]["content"][:300])
+
+
+@pytest.mark.integration
+def test_default_team_returns_a_valid_step_or_a_typed_error(local_server: LocalServer) -> None:
+    try:
+        result = deliberate(QUESTION, tools=[multiply], max_rounds=1, min_rounds=1, max_tokens=300)
+    except InvalidOutput as exc:  # a tiny model may never fit the format: typed, with reasons
+        assert exc.param == "tools" and exc.reasons
+        return
+    assert result.step is not None and result.step.valid
+    for p in result.rounds[0].proposals:
+        assert p.step is not None and (p.step.valid or p.step.errors)
+        assert p.agent not in result.rounds[0].support or p.step.valid
 
 
 @pytest.mark.integration

@@ -4,13 +4,15 @@ Every module under ``nsed/`` is parsed with ``ast``; every import of an nsed mod
 at module level, inside functions (lazy imports) and under ``TYPE_CHECKING``. Layers, lowest
 first (the README's "Layout" section is the map):
 
-ground        errors, results, config, store, problems, serving, logs
+ground        errors, results, config, store, migrations, problems, serving, logs, links,
+              steps, processes
 agents        nsed.agents.*: talking to models
 orchestrator  nsed.orchestrator.*: one deliberation
 broker        nsed.broker.*: choosing the team
 council       nsed.council: the public entry points
-front ends    nsed.server, nsed.benchmarks, nsed.simulation: each its own package; an import
-              from one front end into another must be listed in FRONT_END_EDGES
+front ends    nsed.server, nsed.benchmarks, nsed.simulation, nsed.launch, nsed.scale: each
+              its own package; an import from one front end into another must be listed in
+              FRONT_END_EDGES
 root          nsed.cli (registers every command group), nsed/__init__ and __main__
 
 A module that no layer names fails the test: place it on purpose.
@@ -28,14 +30,19 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "nsed"
 
-GROUND = ("errors", "results", "config", "store", "problems", "serving", "logs")
+GROUND = (
+    "errors", "results", "config", "store", "migrations", "problems", "serving", "logs", "links",
+    "steps", "processes",
+)
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ground", tuple(f"nsed.{name}" for name in GROUND)),
     ("agents", ("nsed.agents",)),
     ("orchestrator", ("nsed.orchestrator",)),
     ("broker", ("nsed.broker",)),
     ("council", ("nsed.council",)),
-    ("front ends", ("nsed.server", "nsed.benchmarks", "nsed.simulation")),
+    ("front ends", (
+        "nsed.server", "nsed.benchmarks", "nsed.simulation", "nsed.launch", "nsed.scale",
+    )),
     ("root", ("nsed.cli", "nsed.__main__", "nsed")),
 )
 FRONT_ENDS = dict(LAYERS)["front ends"]
@@ -43,6 +50,19 @@ FRONT_ENDS = dict(LAYERS)["front ends"]
 FRONT_END_EDGES = {
     ("nsed.simulation", "nsed.benchmarks"): (
         "nsed simulate reuses the benchmark's vote baseline (methods) and math grading"
+    ),
+    ("nsed.scale", "nsed.benchmarks"): (
+        "Ray actors run the benchmark runner's own code on their batches (run_problems)"
+    ),
+    ("nsed.benchmarks", "nsed.scale"): (
+        "nsed bench --ray hands the run to the Ray driver (imported only with --ray)"
+    ),
+    ("nsed.scale", "nsed.server"): "nsed serve --ray serves the server's ASGI app on Ray Serve",
+    ("nsed.server", "nsed.scale"): (
+        "nsed serve --ray hands the app to Ray Serve (imported only with --ray)"
+    ),
+    ("nsed.server", "nsed.benchmarks"): (
+        "the web page shows benchmark runs with the statistics of the reports (nsed runs show)"
     ),
 }
 

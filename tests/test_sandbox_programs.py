@@ -93,6 +93,19 @@ def test_hidden_ancestor_finds_the_first_directory_nobody_cannot_enter():
             closed.chmod(0o755)
 
 
+def test_covered_by_matches_whole_path_components():
+    tops = ["/root", "/home/ann"]
+    assert launcher.covered_by("/root/.pyenv/versions/3.11", tops) == "/root"
+    assert launcher.covered_by("/home/ann", tops) == "/home/ann"
+    assert launcher.covered_by("/home/anna/x", tops) is None
+    assert launcher.covered_by("/usr/lib", tops) is None
+
+
+def test_id_map_maps_one_inner_id_onto_the_launchers():
+    assert launcher.id_map(1000) == "1000 0 1\n"
+    assert launcher.id_map(7, 3) == "7 3 1\n"
+
+
 def test_parent_pid_survives_odd_command_names():
     assert launcher.parent_pid("4242 (python) S 17 4242 4242 0 -1") == 17
     assert launcher.parent_pid("99 (a b) c)) R 5 99 99 0 -1") == 5

@@ -234,6 +234,56 @@ def test_stream_events_chunks_carry_nsed_event(nsed):
     assert "\\boxed{391}" in text
 
 
+def reasoning_stream(server: BackgroundServer, **extra: object) -> list:
+    stream = client(server).chat.completions.create(**ask(), stream=True, **extra)
+    return [c for c in stream if c.choices]
+
+
+def thinking_of(chunks: list) -> str:
+    return "".join((c.choices[0].delta.model_extra or {}).get("reasoning_content") or ""
+                   for c in chunks)
+
+
+def test_stream_reasoning_sends_progress_to_the_thinking_pane(nsed, serve):
+    chunks = reasoning_stream(nsed, extra_body={"nsed": {"stream_reasoning": True}})
+    thinking = thinking_of(chunks)
+    assert "round 1 started" in thinking and "round 1 scored: winner" in thinking
+    assert thinking.count("proposal from") == 3
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert "\\boxed{391}" in text and "round 1" not in text  # the content stays the answer
+    last_thinking = max(i for i, c in enumerate(chunks)
+                        if (c.choices[0].delta.model_extra or {}).get("reasoning_content"))
+    first_content = min(i for i, c in enumerate(chunks) if c.choices[0].delta.content)
+    assert last_thinking < first_content
+    assert thinking_of(reasoning_stream(nsed)) == ""  # off by default
+    on = serve(stream_reasoning=True)
+    assert "round 1 scored" in thinking_of(reasoning_stream(on))
+    off = reasoning_stream(on, extra_body={"nsed": {"stream_reasoning": False}})
+    assert thinking_of(off) == ""
+
+
+def test_truncated_calls_are_counted_and_a_malformed_reply_still_answers(agents):
+    cut = agent("391", judge=judge_by_answer("391"))
+
+    def truncating(request):
+        reply = cut(request)
+        reply.finish_reason = "length"
+        return reply
+
+    agents.route("cut-a", truncating)
+    agents.route("bad-b", lambda r: Reply(raw_message={"role": "assistant", "content": 391}))
+    agents.route("ok-c", agent("391", judge=judge_by_answer("391")))
+    spec = council(agents.url, ["cut-a", "bad-b", "ok-c"])
+    with BackgroundServer(ServerSettings(councils={"council": spec})) as server:
+        completion = client(server).chat.completions.create(**ask())
+        assert "\\boxed{391}" in (completion.choices[0].message.content or "")
+        assert metric(server, "nsed_truncated_calls_total", council="council",
+                      phase="propose") == 1
+        assert metric(server, "nsed_truncated_calls_total", council="council",
+                      phase="review") == 1
+        assert metric(server, "nsed_failures_total", council="council", kind="agent_call") == 2
+
+
 def test_nsed_options_set_rounds(nsed, agents):
     agents.reset(keep_routes=True)
     completion = client(nsed).chat.completions.create(
@@ -264,7 +314,7 @@ def test_unknown_model_is_404_naming_the_available_ones(nsed):
         ({"extra_body": {"nsed": {"rounds": 0}}}, "nsed.rounds", "greater than or equal to 1"),
         ({"extra_body": {"nsed": {"kind": "poetry"}}}, "nsed.kind", "math"),
         ({"extra_body": {"nsed": {"rounds": 2, "min_rounds": 3}}}, "nsed", "min_rounds"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "not supported"),
+        ({"tool_choice": "required"}, "tool_choice", "needs tools"),
         ({"extra_body": {"frobnicate": 1}}, "frobnicate", "unknown field"),
     ],
 )

@@ -251,3 +251,38 @@ def test_vllm_metrics_load_steers_the_broker(scripted_server_factory, tmp_path):
     again = anyio.run(broker.select, "math")
     assert set(again.names()) == {"hosted", "plain", "busy"}
     assert math.isclose(sum(c.value for c in again.team), again.value)
+
+
+def test_truncated_calls_count_in_telemetry_and_old_databases_gain_the_column(
+    scripted_server, tmp_path
+):
+    judge = judge_by_answer("391")
+    cut = agent("392", judge=judge)
+
+    def truncating(request):
+        reply = cut(request)
+        reply.finish_reason = "length"
+        return reply
+
+    for name in ("alpha", "beta"):
+        scripted_server.route(name, agent("391", judge=judge))
+    scripted_server.route("gamma", truncating)
+    result = deliberate("What is 17 * 23?", team=team_dict(scripted_server.url, NAMES),
+                        config=CONFIG)
+    # A database written before the column existed: revision r0002, no "truncations".
+    path = tmp_path / "old.db"
+    Store(f"sqlite:///{path}").dispose()
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE model_stats DROP COLUMN truncations")
+        db.execute("UPDATE alembic_version SET version_num = 'r0002'")
+        db.execute("INSERT INTO model_stats (model_name, kind, calls, failures, timeouts, "
+                   "latency_ewma_s, recent_latencies, prompt_tokens, completion_tokens, "
+                   "cost_usd, support_sum, support_n, wins, round_wins, rounds_played, "
+                   "deliberations, graded, correct, updated_at) VALUES ('gamma', 'math', 7, "
+                   "0, 0, 0, '[]', 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, '2025-01-01 00:00:00')")
+    store = Store(f"sqlite:///{path}")
+    record_deliberation(store, result)
+    telemetry = {t.name: t for t in read_telemetry(store)}
+    assert telemetry["gamma"].truncations == 4  # 2 rounds x (proposal + review)
+    assert telemetry["alpha"].truncations == 0
+    assert telemetry["gamma"].calls == 7 + 4

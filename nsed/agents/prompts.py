@@ -15,15 +15,20 @@ Layout contract (tests and the simulated backend rely on it):
   with the final answer as ``\\boxed{...}`` or a fenced code block;
 * the Mixture-of-Agents baseline's aggregator (``nsed bench --methods moa``) gets its own
   system message and a user message that starts with ``[Aggregating]``, lists the attempts as
-  ``--- Attempt i ---`` blocks and answers in the proposal schema.
+  ``--- Attempt i ---`` blocks and answers in the proposal schema;
+* with tools or an answer schema (agent apps), proposals are steps in the ``nsed_step`` schema
+  and the one formatting call's user message starts with ``[Formatting]`` (see "Steps").
 
 No model name or agent name ever appears in what an agent sees about its peers.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
+
+from nsed.steps import Step, StepFormat
 
 PROPOSAL_SCHEMA_NAME = "nsed_proposal"
 REVIEW_SCHEMA_NAME = "nsed_review"
@@ -211,6 +216,17 @@ def review_prompt(
     return "\n\n".join(parts)
 
 
+def review_format_retry_prompt(labels: list[str]) -> str:
+    """The follow-up when a free-text review could not be read: restate it, nothing new."""
+    return (
+        "Your review could not be read. Restate it now, without re-checking anything, as one "
+        'JSON object {"reviews": [...]} with one entry per candidate ('
+        + ", ".join(labels)
+        + '), each with the fields "candidate" (its label), "score" (an integer from -100 '
+        'to 100) and "critique" (why). Reply with the JSON object only.'
+    )
+
+
 # --- The Mixture-of-Agents aggregator (a benchmark baseline, not part of the protocol) ------
 
 _AGGREGATOR_KIND_RULES = {
@@ -300,3 +316,268 @@ def review_schema(labels: list[str], *, critique_first: bool = True) -> dict[str
         "required": ["reviews"],
         "additionalProperties": False,
     }
+
+
+# --- Steps: tool calls and JSON answers, for agent apps ---------------------------------------
+#
+# With tools or an answer schema (``nsed.steps.StepFormat``) the task the council deliberates
+# on lists the tools and the answer shape (``step_task``), so proposers and reviewers see the
+# same thing. A proposal is a *step*: ``{"reasoning", "answer"}`` or ``{"reasoning",
+# "tool_calls": [{"name", "arguments"}]}``, asked for with the ``nsed_step`` schema; agents on a
+# backend with native tool calling get the tools as ``tools`` instead. When no proposal fits the
+# format, one formatting call (its user message starts with ``[Formatting]``) restates one.
+
+STEP_SCHEMA_NAME = "nsed_step"
+FORMATTING_HEADER = "[Formatting]"
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _answer_shape(fmt: StepFormat) -> str:
+    if fmt.answer is None:
+        return "as a string"
+    if fmt.answer.type == "json_object":
+        return "as a JSON object (not a string holding JSON)"
+    return "as a JSON value valid against the answer schema (not a string holding JSON)"
+
+
+def step_task(question: str, fmt: StepFormat) -> str:
+    """The task with what an agent app allows: the tools it runs and the answer's shape."""
+    parts = [question.strip()]
+    offered = fmt.offered()
+    if offered:
+        lines = [
+            "Tools you can call (the application runs them and sends their results back in "
+            "the next turn of the conversation):"
+        ]
+        for tool in offered:
+            about = f": {' '.join(tool.description.split())}" if tool.description else ""
+            lines.append(f"- {tool.name}{about}")
+            lines.append(f"  arguments (JSON Schema): {_compact(tool.parameters)}")
+        parts.append("\n".join(lines))
+        if fmt.tool_choice == "function":
+            policy = f"This step must call the tool {fmt.function}."
+        elif fmt.tool_choice == "required":
+            policy = "This step must call at least one of these tools."
+        else:
+            policy = (
+                "Call a tool only when the answer needs it (a fact or a result you cannot "
+                "know or compute reliably yourself); once the results you need are in the "
+                "conversation, give the final answer."
+            )
+        policy += (
+            " You may call several tools at once when the calls are independent."
+            if fmt.parallel_tool_calls
+            else " Call at most one tool in this step."
+        )
+        parts.append(policy)
+    if fmt.answer is not None and fmt.may_answer:
+        if fmt.answer.type == "json_object":
+            parts.append("The final answer must be a JSON object.")
+        else:
+            parts.append(
+                f"The final answer must be JSON valid against this schema "
+                f"({fmt.answer.name}): {_compact(fmt.answer.json_schema)}"
+            )
+    review = (
+        "A step is either the final answer or tool calls. When reviewing a step, check "
+        "whether calling a tool is needed at all, whether it is the right tool, and whether "
+        "the arguments are right and complete; for a final answer, check that it is correct."
+        if offered
+        else "When reviewing, check that the answer is correct and says it in that shape."
+    )
+    parts.append(review)
+    return "\n\n".join(parts)
+
+
+def step_reply_instructions(fmt: StepFormat, *, native: bool) -> str:
+    """How to write a step: nsed's JSON step format, or native tool calls plus JSON answers."""
+    shape = _answer_shape(fmt)
+    if native and fmt.offered():
+        if fmt.must_call:
+            return "Make the tool call with your tool-calling interface."
+        return (
+            "To call a tool, use your tool-calling interface. To give the final answer "
+            'instead, reply as a JSON object with two fields: "reasoning" (a string with your '
+            f'step-by-step work) and "answer" (your complete final answer, {shape}).'
+        )
+    calls = (
+        '"tool_calls", a list of the tool calls to make now, each an object with "name" (the '
+        'tool) and "arguments" (an object valid against that tool\'s schema)'
+    )
+    answer = f'"answer", your complete final answer {shape}'
+    if not fmt.offered():
+        rest = f"and {answer}."
+    elif fmt.must_call:
+        rest = f"and {calls}."
+    else:
+        rest = f"and then exactly one of: {answer}; or {calls}."
+    return (
+        'Reply as a JSON object. Its "reasoning" field (a string) holds your step-by-step '
+        f"work, {rest}"
+    )
+
+
+def step_proposal_prompt(
+    *, round_index: int, question: str, state_view: str | None, fmt: StepFormat, native: bool
+) -> str:
+    """The user message of the proposing phase when the proposal is a step."""
+    parts = [f"[Round {round_index} · Proposing]", f"Task:\n{question}"]
+    if state_view:
+        parts.append(state_view)
+        parts.append(
+            "Write a new, improved step: keep what the review showed to be right, fix every "
+            "valid critique, and do not simply copy the leading proposal unless you checked it."
+        )
+    else:
+        parts.append("Decide the next step, thinking it through step by step.")
+    parts.append(step_reply_instructions(fmt, native=native))
+    return "\n\n".join(parts)
+
+
+def formatting_prompt(question: str, proposal: str, errors: list[str], fmt: StepFormat) -> str:
+    """The one formatting call: restate a proposal that does not fit the required format."""
+    why = "; ".join(errors) or "it does not match the required format"
+    return "\n\n".join(
+        [
+            FORMATTING_HEADER,
+            f"Task:\n{question}",
+            f"A proposal for this step, which does not match the required format ({why}):\n"
+            f"{proposal.strip()}",
+            "Restate this proposal in the required format without changing what it says.",
+            step_reply_instructions(fmt, native=False),
+        ]
+    )
+
+
+def render_step(step: Step) -> str:
+    """A step as text: how reviewers see it and what a result's ``answer`` holds."""
+    if step.tool_calls:
+        calls = [f"- {c.name}({c.arguments_json()})" for c in step.tool_calls]
+        return "Tool calls:\n" + "\n".join(calls)
+    if step.parsed is not None:
+        return json.dumps(step.parsed, ensure_ascii=False)
+    return step.content or ""
+
+
+def step_schema(fmt: StepFormat) -> dict[str, Any]:
+    """The ``nsed_step`` schema: a final answer or tool calls, each tool with its own schema.
+
+    The app's schemas are embedded as they are; one that uses local references (pydantic's
+    ``$defs``) is moved under this schema's ``$defs`` with its references rewritten.
+    """
+    defs: dict[str, Any] = {}
+    reasoning = {"type": "string"}
+    branches = []
+    if fmt.may_answer:
+        if fmt.answer is None:
+            answer: dict[str, Any] = {"type": "string"}
+        elif fmt.answer.type == "json_object":
+            answer = {"type": "object"}
+        else:
+            answer = _embedded(fmt.answer.json_schema, "answer", defs)
+        branches.append(_step_branch({"reasoning": reasoning, "answer": answer}))
+    items = [
+        _step_branch(
+            {
+                "name": {"type": "string", "enum": [tool.name]},
+                "arguments": _embedded(tool.parameters, f"tool_{tool.name}", defs),
+            }
+        )
+        for tool in fmt.offered()
+    ]
+    if items:
+        calls: dict[str, Any] = {
+            "type": "array",
+            "minItems": 1,
+            "items": items[0] if len(items) == 1 else {"anyOf": items},
+        }
+        if not fmt.parallel_tool_calls:
+            calls["maxItems"] = 1
+        branches.append(_step_branch({"reasoning": reasoning, "tool_calls": calls}))
+    schema = branches[0] if len(branches) == 1 else {"anyOf": branches}
+    return {**schema, "$defs": defs} if defs else schema
+
+
+def _step_branch(properties: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
+    }
+
+
+def _embedded(schema: dict[str, Any], key: str, defs: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` as a part of a bigger one: inline, or under ``$defs[key]`` if it has refs."""
+    body = {k: v for k, v in schema.items() if k not in ("$schema", "$id")}
+    if not _has_ref(body):
+        return body
+    defs[key] = _rebase_refs(body, f"#/$defs/{key}")
+    return {"$ref": f"#/$defs/{key}"}
+
+
+def _has_ref(node: Any) -> bool:
+    if isinstance(node, dict):
+        return "$ref" in node or any(_has_ref(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_has_ref(v) for v in node)
+    return False
+
+
+def _rebase_refs(node: Any, base: str) -> Any:
+    """Local references (``#...``) made relative to ``base``, where the schema now lives."""
+    if isinstance(node, dict):
+        out = {k: _rebase_refs(v, base) for k, v in node.items()}
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#"):
+            out["$ref"] = base + ref[1:]
+        return out
+    if isinstance(node, list):
+        return [_rebase_refs(v, base) for v in node]
+    return node
+
+
+# --- Conversations: a chat as the task ----------------------------------------------------------
+
+
+def conversation_task(history: list[str], latest: str | None, *, after_tools: bool) -> str:
+    """The task for a chat: earlier turns as context, then what to answer now.
+
+    ``after_tools``: the chat ends with tool results, so the task is to continue from them
+    towards the latest user message (None: the chat has none).
+    """
+    context = "Conversation so far (context):\n" + "\n\n".join(history)
+    if after_tools:
+        goal = (
+            f"take the next step for the latest user message:\n{latest.strip()}"
+            if latest and latest.strip()
+            else "take the next step."
+        )
+        return (
+            f"{context}\n\nThe tools called in the last assistant turn have returned their "
+            f"results (above). Continue from them: {goal}"
+        )
+    return f"{context}\n\nLatest user message (answer this):\n{(latest or '').strip()}"
+
+
+def conversation_turn(role: str, text: str, *, name: str | None = None) -> str:
+    """One earlier turn of a chat, as the context lists it."""
+    who = {"user": "User", "assistant": "Assistant"}.get(role, role.capitalize())
+    return f"{who} ({name}): {text.strip()}" if name else f"{who}: {text.strip()}"
+
+
+def tool_calls_turn(text: str, calls: list[tuple[str, str, str]]) -> str:
+    """An assistant turn that called tools; ``calls`` are (id, name, arguments JSON)."""
+    lines = [f"Assistant: {text.strip()}"] if text.strip() else []
+    lines.append("Assistant called tools:")
+    lines += [f"- {name}({arguments}) [call id {cid}]" for cid, name, arguments in calls]
+    return "\n".join(lines)
+
+
+def tool_result_turn(name: str | None, call_id: str | None, text: str) -> str:
+    """A tool's result, as the app sent it back."""
+    tags = ", ".join(x for x in (name, f"call id {call_id}" if call_id else None) if x)
+    return f"Tool result ({tags}): {text.strip()}" if tags else f"Tool result: {text.strip()}"

@@ -550,6 +550,7 @@ class SimulatedBackend:
         schema_name: str = "response",
         stop: list[str] | None = None,
         n: int = 1,
+        tool_params: dict[str, Any] | None = None,  # simulated agents call no tools
     ) -> Completion:
         if seed is None and self._spec is not None:
             seed = self._spec.seed  # what HTTPBackend sends, so both transports agree
@@ -579,6 +580,8 @@ class SimulatedBackend:
             latency_s=reply.latency_s,
             usage_estimated=True,
             model=self.model,
+            max_tokens=max_tokens,
+            structured="json_schema" if schema is not None else "none",  # it answers in schema
         )
 
 

@@ -16,14 +16,15 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import anyio
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
-from nsed.errors import ConfigError, DataError
+from nsed.agents.http_limits import call_deadline, request_capped
+from nsed.errors import BackendError, ConfigError, DataError, redact_url
 
 log = logging.getLogger("nsed.vllm")
 
@@ -31,6 +32,7 @@ WAITING = "vllm:num_requests_waiting"
 RUNNING = "vllm:num_requests_running"
 KV_CACHE = "vllm:kv_cache_usage_perc"
 KV_CACHE_OLD = "vllm:gpu_cache_usage_perc"
+METRICS_MAX_BYTES = 4_000_000  # a /metrics page beyond this is no load signal
 
 # --- Prometheus text format ---------------------------------------------------------------------
 
@@ -176,18 +178,22 @@ async def fetch_load(
     url = metrics_url(base_url)
     if url is None:
         return None
-    try:
-        response = await client.get(url, timeout=timeout_s)
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        log.debug("no load signal from %s: %s", url, type(exc).__name__)
+    where = redact_url(url)
+    try:  # bounded like a model call: a dripping or huge /metrics is no signal, not a hang
+        with call_deadline(timeout_s, url):
+            response = await request_capped(
+                client, "GET", url, timeout=timeout_s, max_bytes=METRICS_MAX_BYTES, endpoint=url
+            )
+    except (httpx.HTTPError, httpx.InvalidURL, BackendError) as exc:
+        log.debug("no load signal from %s: %s", where, type(exc).__name__)
         return None
     if response.status_code != 200:
-        log.debug("no load signal from %s: HTTP %s", url, response.status_code)
+        log.debug("no load signal from %s: HTTP %s", where, response.status_code)
         return None
     try:
         samples = parse_prometheus(response.text)
     except DataError as exc:
-        log.debug("no load signal from %s: %s", url, exc)
+        log.debug("no load signal from %s: %s", where, exc)
         return None
     return load_from_metrics(samples, model=model)
 
@@ -266,8 +272,17 @@ def vllm_serve_command(
     tensor_parallel_size: int | None = None,
     api_key_env: str | None = None,
     host: str = "127.0.0.1",
+    reasoning_parser: str | None = None,
+    enable_prefix_caching: bool = False,
+    extra_args: Sequence[str] = (),
+    executable: Sequence[str] = ("vllm",),
 ) -> list[str]:
     """The argv of ``vllm serve`` for one model (not run here: the caller launches it).
+
+    ``executable`` is what runs ``serve`` (``vllm``, or a stand-in with the same CLI);
+    ``reasoning_parser`` returns a reasoning model's thinking apart (and lets a JSON grammar
+    apply to the answer only); ``enable_prefix_caching`` reuses the KV cache of the prompt
+    prefixes agents share (their static system prompts); ``extra_args`` come last.
 
     ``served_name`` is the model id clients send (``ModelSpec.model``); the server listens on
     ``host`` (loopback by default, so nothing is exposed by accident) at ``port``.
@@ -283,7 +298,9 @@ def vllm_serve_command(
         raise ConfigError("served_name must not be empty")
     if not 1 <= port <= 65535:
         raise ConfigError(f"port {port} must be within 1..65535")
-    argv = ["vllm", "serve", model, "--host", host, "--port", str(port)]
+    if not executable or not all(part.strip() for part in executable):
+        raise ConfigError("executable must name the vllm command (e.g. ['vllm'])")
+    argv = [*executable, "serve", model, "--host", host, "--port", str(port)]
     argv += ["--served-model-name", served_name]
     if gpu_memory_utilization is not None:
         if not 0 < gpu_memory_utilization <= 1:
@@ -299,9 +316,13 @@ def vllm_serve_command(
         if tensor_parallel_size < 1:
             raise ConfigError(f"tensor_parallel_size {tensor_parallel_size} must be >= 1")
         argv += ["--tensor-parallel-size", str(tensor_parallel_size)]
+    if reasoning_parser is not None:
+        argv += ["--reasoning-parser", reasoning_parser]
+    if enable_prefix_caching:
+        argv.append("--enable-prefix-caching")
     if api_key_env is not None:
         vllm_serve_env(api_key_env)  # fail now, not with an open server later
-    return argv
+    return [*argv, *extra_args]
 
 
 def vllm_serve_env(api_key_env: str) -> dict[str, str]:

@@ -36,6 +36,7 @@ from nsed.benchmarks.reports import (
 )
 from nsed.benchmarks.runner import BenchOptions, BenchProgress, new_run_id, run_benchmark
 from nsed.config import DeliberationConfig, load_toml, validate_or_config_error
+from nsed.errors import ConfigError
 from nsed.store import Store
 
 bench_app = typer.Typer(
@@ -80,9 +81,33 @@ VoteKOpt = Annotated[
 AggregatorOpt = Annotated[
     str | None, typer.Option("--moa-aggregator", help="agent that aggregates for moa")
 ]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shard", help="run slice I of N (I/N) against the shared store; run the others elsewhere"
+    ),
+]
+RayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="ADDRESS|auto",
+        help="spread the problems over Ray actors: --ray auto (RAY_ADDRESS, else this "
+        "machine's cluster) or --ray HEAD:PORT; needs nsed[ray]",
+    ),
+]
+ActorsOpt = Annotated[int, typer.Option("--actors", min=1, help="Ray actors (with --ray)")]
 ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", help="TOML of DeliberationConfig fields (top level or a table)"),
+]
+UnsandboxedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-unsandboxed",
+        help="grade model-written code even where no sandbox isolates it (it can then read "
+        "your files); without it such a run is refused",
+    ),
 ]
 
 
@@ -133,8 +158,13 @@ def _bench(
     vote_k: int | None,
     moa_aggregator: str | None,
     config: Path | None,
+    allow_unsandboxed: bool = False,
+    shard: str | None = None,
+    ray: str | None = None,
+    actors: int = 2,
 ) -> None:
     from nsed.benchmarks.methods import parse_methods
+    from nsed.benchmarks.runner import Shard
 
     options = validate_or_config_error(
         BenchOptions,
@@ -151,9 +181,13 @@ def _bench(
             "vote_k": vote_k,
             "moa_aggregator": moa_aggregator,
             "deliberation": _deliberation_overrides(config),
+            "allow_unsandboxed": allow_unsandboxed,
         },
         "options",
     )
+    if shard is not None and ray is not None:
+        raise ConfigError("give --shard or --ray, not both: Ray spreads the whole run itself")
+    part = Shard.parse(shard) if shard is not None else None
     store = Store(db)
     console = Console()
     run_id = run_id or new_run_id(benchmark)
@@ -170,17 +204,29 @@ def _bench(
         console=console,
     )
     view = _ProgressView(progress)
+    if ray is not None:
+        from nsed.scale.bench import run_on_ray
+
+        def execute() -> Any:
+            return run_on_ray(
+                options,
+                store=store,
+                team=team,
+                run_id=run_id,
+                progress=view,
+                address=ray,
+                actors=actors,
+            )
+    else:
+
+        def execute() -> Any:
+            return run_benchmark(
+                options, store=store, team=team, run_id=run_id, progress=view, shard=part
+            )
+
     try:
         with progress:
-            summary = anyio.run(
-                lambda: run_benchmark(
-                    options,
-                    store=store,
-                    team=team,
-                    run_id=run_id,
-                    progress=view,
-                )
-            )
+            summary = anyio.run(execute)
     except KeyboardInterrupt:
         done = view.last.done if view.last else 0
         sys.stderr.write(
@@ -213,6 +259,10 @@ def _bench_command(benchmark: str, doc: str) -> None:
         vote_k: VoteKOpt = None,
         moa_aggregator: AggregatorOpt = None,
         config: ConfigOpt = None,
+        allow_unsandboxed: UnsandboxedOpt = False,
+        shard: ShardOpt = None,
+        ray: RayOpt = None,
+        actors: ActorsOpt = 2,
     ) -> None:
         _bench(
             benchmark,
@@ -230,6 +280,10 @@ def _bench_command(benchmark: str, doc: str) -> None:
             vote_k=vote_k,
             moa_aggregator=moa_aggregator,
             config=config,
+            allow_unsandboxed=allow_unsandboxed,
+            shard=shard,
+            ray=ray,
+            actors=actors,
         )
 
     command.__doc__ = doc
@@ -320,6 +374,7 @@ def runs_show(
         return
     console = Console()
     console.print(_methods_table(report))
+    console.print(f"sandbox: {escape(report.sandbox or 'none (no code was run)')}")
     if report.rounds:
         table = Table(title="deliberation winner per round", title_justify="left")
         for column in ("round", "reached", "correct", "accuracy", "95% CI"):

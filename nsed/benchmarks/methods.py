@@ -181,7 +181,7 @@ class BenchTeam:
     ) -> BenchTeam:
         """Check every endpoint once and keep the seats that answer (at least two)."""
         seats = team.agents()
-        backends = {seat.name: make_backend(seat, pool) for seat in seats}
+        backends = {seat.name: make_backend(seat, pool, config.call_timeout_s) for seat in seats}
         live = await preflight(seats, backends)
         return cls(team, live, {s.name: backends[s.name] for s in live}, config, pool)
 

@@ -13,18 +13,22 @@ gave), so every round is over the same problems; ``reached`` says how many reall
 from __future__ import annotations
 
 import itertools
-import json
+import logging
 import math
 import warnings
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 from sqlmodel import select
 
+from nsed.benchmarks.runner import STALE_AFTER_S
 from nsed.errors import ConfigError
 from nsed.orchestrator.stopping import FatigueFit, fit_fatigue, utility
-from nsed.store import BenchResult, BenchRun, Store
+from nsed.store import BenchResult, BenchRun, BenchWorker, CorruptCell, Store, json_cell
+
+log = logging.getLogger("nsed.bench")
 
 Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
 
@@ -90,6 +94,9 @@ class RunReport(BaseModel):
 
     run_id: str
     benchmark: str
+    sandbox: str | None = Field(
+        default=None, description="sandbox plan(s) model code ran under; None: no code run"
+    )
     methods: dict[str, MethodStats]
     rounds: list[RoundStats]
     agents: list[AgentStats]
@@ -100,9 +107,20 @@ class RunListing(BaseModel):
     created_at: datetime
     benchmark: str
     methods: list[str]
-    status: str
+    status: str = Field(description="complete, running, stale, failed, interrupted, incomplete")
     answers: int
     expected: int | None = None
+    workers: int = Field(default=0, description="processes/actors that worked on it")
+    last_seen: datetime | None = Field(default=None, description="newest worker heartbeat")
+
+
+def _readable(text: str | None, where: str, default: Any) -> Any:
+    """A JSON cell for a report: an unreadable one is logged (naming it) and left out."""
+    try:
+        return json_cell(text, where, default)
+    except CorruptCell as exc:
+        log.warning("%s; the report leaves it out", exc)
+        return default
 
 
 def _get_run(store: Store, run_id: str) -> BenchRun:
@@ -152,7 +170,8 @@ def round_stats(nsed_rows: list[BenchResult]) -> list[RoundStats]:
     """Accuracy of the winner after each round (an early stop carries its answer forward)."""
     curves: list[list[bool]] = []
     for row in nsed_rows:
-        rounds = json.loads(row.detail or "{}").get("rounds") or []
+        detail = _readable(row.detail, f"bench_results id {row.id} (detail)", {})
+        rounds = (detail.get("rounds") if isinstance(detail, dict) else None) or []
         curves.append([bool(r.get("correct")) for r in rounds])
     depth = max((len(c) for c in curves), default=0)
     stats = []
@@ -179,7 +198,11 @@ def agent_stats(store: Store, nsed_rows: list[BenchResult]) -> list[AgentStats]:
     for row in nsed_rows:
         if not row.deliberation_id:
             continue
-        trace = store.load_deliberation(row.deliberation_id)
+        try:
+            trace = store.load_deliberation(row.deliberation_id)
+        except CorruptCell as exc:
+            log.warning("%s; the report leaves it out", exc)
+            continue
         if trace is None:
             continue
         for info in trace.agents:
@@ -212,35 +235,119 @@ def build_report(store: Store, run_id: str) -> RunReport:
     return RunReport(
         run_id=run.run_id,
         benchmark=run.benchmark,
+        sandbox=run.sandbox,
         methods={m: method_stats(rs) for m, rs in by_method.items()},
         rounds=round_stats(nsed_rows),
         agents=agent_stats(store, nsed_rows),
     )
 
 
-def list_runs(store: Store) -> list[RunListing]:
-    """Every benchmark run in the store, newest first, with how many answers it has."""
-    with store.transaction() as session:
+class MethodAnswer(BaseModel):
+    predicted: str | None = None
+    correct: bool = False
+    error: str | None = None
+    deliberation_id: str | None = None
+
+
+class ProblemRow(BaseModel):
+    """One problem of a run: the gold answer and what each method answered (sample 0)."""
+
+    problem_id: str
+    gold: str | None = None
+    answers: dict[str, MethodAnswer]
+    disagree: bool = Field(description="the methods that answered did not all give one answer")
+
+
+def problem_rows(store: Store, run_id: str) -> list[ProblemRow]:
+    """The run's problems in id order, each with every method's answer (the page's table)."""
+    _get_run(store, run_id)
+    by_problem: dict[str, list[BenchResult]] = {}
+    for row in _answers(store, run_id):
+        by_problem.setdefault(row.problem_id, []).append(row)
+    table = []
+    for pid in sorted(by_problem):
+        rows = by_problem[pid]
+        given = {" ".join(r.predicted.split()) for r in rows if r.predicted is not None}
+        table.append(
+            ProblemRow(
+                problem_id=pid,
+                gold=next((r.gold for r in rows if r.gold is not None), None),
+                answers={
+                    r.method: MethodAnswer(
+                        predicted=r.predicted,
+                        correct=r.correct,
+                        error=r.error,
+                        deliberation_id=r.deliberation_id,
+                    )
+                    for r in rows
+                },
+                disagree=len(given) > 1,
+            )
+        )
+    return table
+
+
+def run_status(
+    stored: str,
+    workers: list[BenchWorker],
+    complete: bool,
+    now: datetime,
+    stale_after_s: float,
+) -> str:
+    """A run's status from its workers' rows (``stored``: the run row's, for runs older than
+    bench_workers): complete once every answer is stored; running while a worker beats;
+    otherwise what the last worker to finish said, or ``stale`` when every worker went silent
+    without finishing (killed, or unable to write its end status)."""
+    if complete:
+        return "complete"
+    if not workers:
+        return stored
+    limit = now - timedelta(seconds=stale_after_s)
+    if any(w.status == "running" and _utc(w.heartbeat_at) > limit for w in workers):
+        return "running"
+    finished = [w for w in workers if w.finished_at is not None]
+    if finished:
+        return max(finished, key=lambda w: _utc(w.finished_at)).status
+    return "stale"
+
+
+def _utc(value: datetime | None) -> datetime:
+    value = value or datetime.min.replace(tzinfo=UTC)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def list_runs(store: Store, *, now: datetime | None = None) -> list[RunListing]:
+    """Every benchmark run in the store, newest first, with how many answers it has and its
+    status derived from its workers (see :func:`run_status`; ``now`` defaults to the clock)."""
+    now = now or datetime.now(UTC)
+    with store.reading() as session:
         runs = list(session.exec(select(BenchRun)).all())
         answers = list(
-            session.exec(select(BenchResult.run_id).where(BenchResult.sample == 0)).all()
+            session.exec(
+                select(BenchResult.run_id, BenchResult.method).where(BenchResult.sample == 0)
+            ).all()
         )
-    counts: dict[str, int] = {}
-    for rid in answers:
-        counts[rid] = counts.get(rid, 0) + 1
+        workers = list(session.exec(select(BenchWorker)).all())
     listing = []
     for run in runs:
         methods = [m for m in run.methods.split(",") if m]
-        n_problems = json.loads(run.config or "{}").get("n_problems")
+        n = sum(1 for rid, method in answers if rid == run.run_id and method in methods)
+        config = _readable(run.config, f"bench_runs {run.run_id!r} (config)", {})
+        n_problems = config.get("n_problems") if isinstance(config, dict) else None
+        expected = n_problems * len(methods) if n_problems else None
+        mine = [w for w in workers if w.run_id == run.run_id]
+        complete = expected is not None and n >= expected
         listing.append(
             RunListing(
                 run_id=run.run_id,
                 created_at=run.created_at,
                 benchmark=run.benchmark,
                 methods=methods,
-                status=run.status,
-                answers=counts.get(run.run_id, 0),
-                expected=n_problems * len(methods) if n_problems else None,
+                status=run_status(run.status, mine, complete, now, STALE_AFTER_S),
+                answers=n,
+                expected=expected,
+                workers=len(mine),
+                last_seen=max((_utc(w.heartbeat_at) for w in mine), default=None),
             )
         )
     return sorted(listing, key=lambda r: r.created_at, reverse=True)
@@ -264,6 +371,12 @@ def fatigue_fit(report: RunReport) -> tuple[FatigueFit | None, str]:
         return None, f"no U(t) fit: {exc}"
     t_opt = "∞" if math.isinf(fit.t_opt) else f"{fit.t_opt:.2f}"
     return fit, f"U(t) fit: R² = {fit.r2:.3f}, T_opt = {t_opt} rounds"
+
+
+def fitted_curve(fit: FatigueFit, until: float, points: int = 101) -> list[tuple[float, float]]:
+    """(t, U(t)) on an even grid from 0 to ``until`` rounds: the fitted curve as drawn."""
+    grid = [until * i / (points - 1) for i in range(points)]
+    return [(t, utility(t, fit.params)) for t in grid]
 
 
 def plot_run(report: RunReport, out_dir: str | Path) -> list[Path]:
@@ -295,8 +408,8 @@ def plot_run(report: RunReport, out_dir: str | Path) -> list[Path]:
         ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", capsize=3, label="winner accuracy (95% CI)")
         fit, note = fatigue_fit(report)
         if fit is not None:
-            grid = [max(xs) * i / 100 for i in range(101)]
-            ax.plot(grid, [utility(t, fit.params) for t in grid], "-", label="fitted U(t)")
+            curve = fitted_curve(fit, max(xs))
+            ax.plot(*zip(*curve, strict=True), "-", label="fitted U(t)")
             if math.isfinite(fit.t_opt) and fit.t_opt <= 2 * max(xs):
                 ax.axvline(fit.t_opt, linestyle=":", color="grey", label="T_opt")
         ax.set_xticks(xs)
@@ -336,7 +449,9 @@ def plot_run(report: RunReport, out_dir: str | Path) -> list[Path]:
 
 __all__ = [
     "AgentStats",
+    "MethodAnswer",
     "MethodStats",
+    "ProblemRow",
     "RoundStats",
     "RunListing",
     "RunReport",
@@ -344,9 +459,11 @@ __all__ = [
     "agent_stats",
     "build_report",
     "fatigue_fit",
+    "fitted_curve",
     "list_runs",
     "method_stats",
     "plot_run",
+    "problem_rows",
     "round_stats",
     "wilson_interval",
 ]

@@ -7,29 +7,41 @@ written in its own transaction, so a kill loses at most the calls in flight; re-
 same run id loads what is stored, skips it, and retries only what failed or never finished.
 A deliberation is not resumable mid-way: a killed one is run again from round 1.
 
-Grading runs in worker threads (code grading spawns sandboxed processes and waits for them), so
-the event loop keeps every model call moving while programs are tested.
+Several workers may share one run: ``--shard I/N`` processes (each takes every N-th problem),
+or the Ray actors of :mod:`nsed.scale`. A row is inserted only if its key is not stored yet (ON
+CONFLICT DO NOTHING), so two workers never store one result twice. Each worker has a
+``bench_workers`` row that it beats every few seconds and closes with its own status; the
+run's status is derived from them (:func:`nsed.benchmarks.reports.list_runs`), so a worker that
+was killed, or could not write its end status, shows as stale instead of "running" forever.
+
+Grading goes through a :class:`Grader`: by default worker threads (code grading spawns
+sandboxed processes and waits for them), so the event loop keeps every model call moving while
+programs are tested; on Ray, code grading runs as Ray tasks (:mod:`nsed.scale`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import secrets
+import socket
+import threading
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Protocol
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
-from sqlmodel import col, delete, select
+from sqlmodel import col, delete, func, select
 
 from nsed.agents.backend import EndpointPool
 from nsed.agents.parsing import normalize_final
-from nsed.benchmarks.grading import grade_code, grade_math
+from nsed.benchmarks.grading import CodeGrade, grade_code, grade_math
 from nsed.benchmarks.loaders import BENCHMARKS, load_problems
 from nsed.benchmarks.methods import (
     SINGLE_PREFIX,
@@ -43,14 +55,27 @@ from nsed.benchmarks.methods import (
     round_one_tokens,
     sample_detail,
 )
-from nsed.benchmarks.sandbox import DEFAULT_TIMEOUT_S
+from nsed.benchmarks.sandbox import DEFAULT_TIMEOUT_S, require_isolation
 from nsed.config import AgentSpec, DeliberationConfig, TeamSpec
 from nsed.council import TeamLike, make_config, resolve_team
-from nsed.errors import ConfigError, NsedError
+from nsed.errors import ConfigError, NsedError, StoreError, redact_url
 from nsed.problems import Problem
-from nsed.store import BenchResult, BenchRun, Store
+from nsed.store import (
+    BenchResult,
+    BenchRun,
+    BenchWorker,
+    CorruptCell,
+    Store,
+    insert_or_ignore,
+    json_cell,
+)
+
+log = logging.getLogger("nsed.bench")
 
 GRADING_THREADS = 2  # sandboxed test processes at once; more only fights the models for CPU
+HEARTBEAT_S = 5.0  # a worker beats its bench_workers row this often
+STALE_AFTER_S = 4 * HEARTBEAT_S  # a "running" worker silent this long is gone
+RESULT_KEY = ["run_id", "method", "problem_id", "sample"]
 # Options that change what a stored result means: a resumed run must use the same values.
 _FIXED_OPTIONS = ("seed", "match_compute", "vote_k", "max_samples", "moa_aggregator")
 
@@ -73,6 +98,9 @@ class BenchOptions(BaseModel):
     max_samples: int = Field(default=64, ge=1, le=1024, description="cap per method, problem")
     moa_aggregator: str | None = Field(default=None, description="default: the first agent")
     code_timeout_s: float = Field(default=DEFAULT_TIMEOUT_S, gt=0)
+    allow_unsandboxed: bool = Field(
+        default=False, description="run model code even where no sandbox plan isolates it"
+    )
     deliberation: dict[str, Any] = Field(
         default_factory=dict, description="DeliberationConfig fields (e.g. from --config)"
     )
@@ -117,6 +145,163 @@ class BenchSummary(BaseModel):
 ProgressCallback = Callable[[BenchProgress], None]
 
 
+class Shard(BaseModel):
+    """``--shard I/N``: this process runs problems I-1, I-1+N, I-1+2N, ... of the run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int = Field(ge=1, description="1-based")
+    count: int = Field(ge=1)
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        index, sep, count = text.partition("/")
+        try:
+            shard = cls(index=int(index), count=int(count)) if sep else None
+        except ValueError:
+            shard = None
+        if shard is None or shard.index > shard.count:
+            raise ConfigError(
+                f"--shard {text!r}: write it as I/N with 1 <= I <= N, e.g. --shard 1/2"
+            )
+        return shard
+
+    def select(self, problems: list[Problem]) -> list[Problem]:
+        return problems[self.index - 1 :: self.count]
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+class Grader(Protocol):
+    """Checks answers; where the checking runs (threads, a cluster) is the grader's business."""
+
+    async def math(self, final: str, gold: str) -> bool: ...
+
+    async def code(self, final: str, problem: Problem, timeout_s: float) -> CodeGrade: ...
+
+
+class ThreadGrader:
+    """Grading in this process's worker threads, ``threads`` at a time; code only in an
+    isolating sandbox unless ``allow_unsandboxed`` (``nsed bench --allow-unsandboxed``)."""
+
+    def __init__(self, threads: int = GRADING_THREADS, *, allow_unsandboxed: bool = False) -> None:
+        self._limiter = anyio.CapacityLimiter(threads)
+        self._allow_unsandboxed = allow_unsandboxed
+
+    async def math(self, final: str, gold: str) -> bool:
+        return await anyio.to_thread.run_sync(grade_math, final, gold, limiter=self._limiter)
+
+    async def code(self, final: str, problem: Problem, timeout_s: float) -> CodeGrade:
+        run = partial(
+            grade_code,
+            final,
+            problem,
+            timeout_s=timeout_s,
+            fail_fast=True,
+            allow_unsandboxed=self._allow_unsandboxed,
+        )
+        return await anyio.to_thread.run_sync(run, limiter=self._limiter)
+
+
+class RunPlan(BaseModel):
+    """A checked run: what every worker of it (process, shard, Ray actor) needs to join it."""
+
+    run_id: str
+    options: BenchOptions
+    team: TeamSpec
+    problems: list[Problem]
+    sandbox: str | None = Field(
+        default=None, description="the sandbox plan code is graded under; None: no code"
+    )
+
+
+def plan_run(
+    options: BenchOptions,
+    *,
+    store: Store,
+    team: TeamLike = None,
+    run_id: str | None = None,
+    problems: list[Problem] | None = None,
+) -> RunPlan:
+    """Check ``options`` and the stored run (if resuming), load the problems; no model call."""
+    if options.benchmark not in BENCHMARKS:
+        raise ConfigError(
+            f"unknown benchmark {options.benchmark!r}; use one of {', '.join(BENCHMARKS)}"
+        )
+    methods = parse_methods(options.methods)
+    if options.match_compute and "nsed" not in methods:
+        raise ConfigError(
+            "--match-compute matches the deliberation's tokens: add nsed to --methods"
+        )
+    options.deliberation_config()  # a bad --config fails here, before anything starts
+    if problems is None:
+        problems = load_problems(
+            options.benchmark, options.data, seed=options.seed, limit=options.limit
+        )
+    run_id = run_id or new_run_id(options.benchmark)
+    check_resume(store, run_id, options)
+    # Code is graded in the sandbox: refuse before any model call if it cannot isolate.
+    runs_code = any(p.kind == "code" for p in problems)
+    sandbox = require_isolation(options.allow_unsandboxed) if runs_code else None
+    return RunPlan(
+        run_id=run_id,
+        options=options,
+        team=resolve_team(team),
+        problems=problems,
+        sandbox=sandbox,
+    )
+
+
+class WorkerBeat:
+    """This worker's ``bench_workers`` row, beaten from a daemon thread while it works.
+
+    A beat that cannot be written (a locked database) is logged and skipped: the work goes on,
+    and a worker whose beats stop for good shows as stale.
+    """
+
+    def __init__(self, store: Store, run_id: str, role: str, problems: int) -> None:
+        self.store = store
+        self.worker_id = uuid.uuid4().hex
+        self.done: Callable[[], int] = lambda: 0
+        self._stop = threading.Event()
+        with store.transaction() as session:
+            session.add(
+                BenchWorker(
+                    worker_id=self.worker_id,
+                    run_id=run_id,
+                    role=role,
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                    problems=problems,
+                )
+            )
+        self._thread = threading.Thread(target=self._beat, name="nsed-bench-beat", daemon=True)
+        self._thread.start()
+
+    def _write(self, **fields: Any) -> None:
+        with self.store.transaction() as session:
+            row = session.get(BenchWorker, self.worker_id)
+            if row is not None:
+                for name, value in {"heartbeat_at": datetime.now(UTC), **fields}.items():
+                    setattr(row, name, value)
+                row.done = self.done()
+                session.add(row)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                self._write()
+            except StoreError as exc:
+                log.warning("bench worker heartbeat not written: %s", exc)
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        """Stop beating and write the end status (StoreError if the database refuses)."""
+        self._stop.set()
+        self._thread.join(HEARTBEAT_S + 1)
+        self._write(status=status, error=error, finished_at=datetime.now(UTC))
+
+
 def new_run_id(benchmark: str) -> str:
     """A readable, unique id: ``quick-20250101-120000-a1b2``."""
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -130,11 +315,7 @@ def team_record(team: TeamSpec) -> dict[str, Any]:
     """
     data = team.model_dump(mode="json")
     for model in data.get("models", []):
-        parts = urlsplit(str(model.get("base_url", "")))
-        if parts.username or parts.password:
-            host = parts.hostname or ""
-            netloc = host + (f":{parts.port}" if parts.port else "")
-            model["base_url"] = urlunsplit(parts._replace(netloc=netloc))
+        model["base_url"] = redact_url(str(model.get("base_url", "")))
     return data
 
 
@@ -157,6 +338,17 @@ def _run_config(options: BenchOptions, n_problems: int) -> dict[str, Any]:
     }
 
 
+def _stored_config(run: BenchRun) -> dict[str, Any]:
+    """The run's stored options; an unreadable cell is logged and treated as none stored (the
+    resume goes on with the options given now, which are written back)."""
+    try:
+        stored = json_cell(run.config, f"bench_runs {run.run_id!r} (config)", {})
+    except CorruptCell as exc:
+        log.warning("%s; its options cannot be checked and are replaced by these", exc)
+        return {}
+    return stored if isinstance(stored, dict) else {}
+
+
 def check_resume(store: Store, run_id: str, options: BenchOptions) -> BenchRun | None:
     """The stored run ``run_id``, after checking it can be resumed with these options."""
     with store.transaction() as session:
@@ -175,7 +367,7 @@ def check_resume(store: Store, run_id: str, options: BenchOptions) -> BenchRun |
             f"run {run_id!r} used data {run.data_path or '(generated)'}, not "
             f"{data or '(generated)'}; {hint}"
         )
-    stored = json.loads(run.config or "{}")
+    stored = _stored_config(run)
     now = _run_config(options, 0)
     if isinstance(stored.get("deliberation"), dict):  # fields both versions know
         stored["deliberation"] = {
@@ -198,53 +390,145 @@ async def run_benchmark(
     run_id: str | None = None,
     progress: ProgressCallback | None = None,
     problems: list[Problem] | None = None,
+    shard: Shard | None = None,
+    grader: Grader | None = None,
 ) -> BenchSummary:
     """Run (or resume) ``options`` as run ``run_id`` (a new id when None).
 
     Data and options are checked before any model is started; a run id reused for another
-    benchmark, data set or option set is a ConfigError.
+    benchmark, data set or option set is a ConfigError. With ``shard``, only that slice of the
+    problems runs here (the other slices: other processes on the same store).
     """
     started = time.perf_counter()
-    if options.benchmark not in BENCHMARKS:
-        raise ConfigError(
-            f"unknown benchmark {options.benchmark!r}; use one of {', '.join(BENCHMARKS)}"
-        )
-    methods = parse_methods(options.methods)
-    if options.match_compute and "nsed" not in methods:
-        raise ConfigError(
-            "--match-compute matches the deliberation's tokens: add nsed to --methods"
-        )
-    config = options.deliberation_config()
-    if problems is None:
-        problems = load_problems(
-            options.benchmark, options.data, seed=options.seed, limit=options.limit
-        )
-    run_id = run_id or new_run_id(options.benchmark)
-    check_resume(store, run_id, options)
-    spec = resolve_team(team)
+    plan = plan_run(options, store=store, team=team, run_id=run_id, problems=problems)
+    mine = shard.select(plan.problems) if shard is not None else plan.problems
+    role = f"shard {shard}" if shard is not None else "process"
     async with EndpointPool() as pool:
-        bench_team = await BenchTeam.open(spec, config, pool)
-        labels = _labels(methods, bench_team)
-        if options.moa_aggregator is not None:
-            bench_team.seat(options.moa_aggregator)
-        _record_run(store, run_id, options, spec, labels, len(problems))
-        runner = _Runner(store, run_id, options, bench_team, labels, problems, progress)
+        bench_team = await open_team(plan, pool)
+        labels = record_run(store, plan, bench_team)
+        beat = WorkerBeat(store, plan.run_id, role, len(mine))
+        runner = _Runner(
+            store, plan.run_id, options, bench_team, labels, mine, progress, grader=grader
+        )
+        beat.done = lambda: runner.done - runner.resumed
         status = "interrupted"  # Ctrl-C, cancellation
+        error: str | None = None
         try:
             await runner.run()
             status = "complete" if runner.done == runner.total else "incomplete"
-        except Exception:
-            status = "failed"
+        except Exception as exc:
+            status, error = "failed", f"{type(exc).__name__}: {exc}"[:500]
             raise
         finally:
-            _set_status(store, run_id, status)
+            close_run(store, plan, labels, beat, status, error)
     return BenchSummary(
-        run_id=run_id,
+        run_id=plan.run_id,
         total=runner.total,
         done=runner.done,
         resumed=runner.resumed,
         complete=status == "complete",
         wall_s=time.perf_counter() - started,
+    )
+
+
+async def open_team(plan: RunPlan, pool: EndpointPool) -> BenchTeam:
+    """The run's team on ``pool``: every endpoint checked once, the MoA aggregator seated."""
+    bench_team = await BenchTeam.open(plan.team, plan.options.deliberation_config(), pool)
+    if plan.options.moa_aggregator is not None:
+        bench_team.seat(plan.options.moa_aggregator)
+    return bench_team
+
+
+def record_run(store: Store, plan: RunPlan, bench_team: BenchTeam) -> list[str]:
+    """Create or update the run's row; returns the method labels in run order."""
+    methods = parse_methods(plan.options.methods)
+    labels = _labels(methods, bench_team)
+    _record_run(
+        store, plan.run_id, plan.options, plan.team, labels, len(plan.problems), plan.sandbox
+    )
+    return labels
+
+
+def stored_answers(store: Store, plan: RunPlan, labels: list[str]) -> int:
+    """How many of the run's answers (sample 0, these labels and problems) are stored."""
+    ids = [p.id for p in plan.problems]
+    with store.reading() as session:
+        query = select(func.count()).where(
+            BenchResult.run_id == plan.run_id,
+            BenchResult.sample == 0,
+            col(BenchResult.method).in_(labels),
+            col(BenchResult.problem_id).in_(ids),
+        )
+        return int(session.exec(query).one())
+
+
+def close_run(
+    store: Store,
+    plan: RunPlan,
+    labels: list[str],
+    beat: WorkerBeat | None,
+    status: str,
+    error: str | None = None,
+) -> None:
+    """Write this worker's end status, and the run's: complete once every answer of the whole
+    run is stored (whichever worker stored it), else this worker's status.
+
+    A database that refuses (locked past the busy timeout) is logged, not raised over the
+    run's own outcome: the worker's row then stays stale, which is what it shows.
+    """
+    try:
+        if beat is not None:
+            beat.finish(status, error)
+        whole = stored_answers(store, plan, labels) == len(plan.problems) * len(labels)
+        _set_status(store, plan.run_id, "complete" if whole else status)
+    except StoreError as exc:
+        log.warning("the end status of run %s was not written: %s", plan.run_id, exc)
+
+
+class SliceOutcome(BaseModel):
+    """What :func:`run_problems` did with its problems."""
+
+    total: int = Field(description="answers the slice asks for (problems x methods)")
+    done: int = Field(description="answers stored at the end, resumed ones included")
+    resumed: int
+    correct: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+async def run_problems(
+    store: Store,
+    plan: RunPlan,
+    bench_team: BenchTeam,
+    labels: list[str],
+    problems: list[Problem],
+    *,
+    grader: Grader | None = None,
+    limiter: anyio.CapacityLimiter | None = None,
+    progress: ProgressCallback | None = None,
+) -> SliceOutcome:
+    """Run (or resume) ``problems``, a part of ``plan``, on an open team: what a Ray actor
+    does with each batch it is handed (``limiter`` caps its problems in flight across batches).
+    """
+    runner = _Runner(
+        store,
+        plan.run_id,
+        plan.options,
+        bench_team,
+        labels,
+        problems,
+        progress,
+        grader=grader,
+        limiter=limiter,
+    )
+    await runner.run()
+    return SliceOutcome(
+        total=runner.total,
+        done=runner.done,
+        resumed=runner.resumed,
+        correct=runner.correct,
+        prompt_tokens=runner.prompt_tokens,
+        completion_tokens=runner.completion_tokens,
     )
 
 
@@ -268,6 +552,7 @@ def _record_run(
     team: TeamSpec,
     labels: list[str],
     n_problems: int,
+    plan: str | None,
 ) -> None:
     config = _run_config(options, n_problems)
     with store.transaction() as session:
@@ -282,12 +567,17 @@ def _record_run(
                     team=json.dumps(team_record(team)),
                     config=json.dumps(config),
                     status="running",
+                    sandbox=plan,
                 )
             )
             return
+        if plan is not None and run.sandbox != plan:
+            # A resume under another plan (e.g. with --allow-unsandboxed) says so: a, then b.
+            known = (run.sandbox or "").split(", then ")
+            run.sandbox = ", then ".join([p for p in known if p and p != plan] + [plan])
         known = [m for m in run.methods.split(",") if m]
         run.methods = ",".join(dict.fromkeys([*known, *labels]))
-        stored = json.loads(run.config or "{}")
+        stored = _stored_config(run)
         stored.update({k: v for k, v in config.items() if k not in _FIXED_OPTIONS})
         stored["n_problems"] = max(int(stored.get("n_problems") or 0), n_problems)
         run.config = json.dumps(stored)
@@ -319,6 +609,9 @@ class _Runner:
         labels: list[str],
         problems: list[Problem],
         progress: ProgressCallback | None,
+        *,
+        grader: Grader | None = None,
+        limiter: anyio.CapacityLimiter | None = None,
     ) -> None:
         self.store = store
         self.run_id = run_id
@@ -329,7 +622,8 @@ class _Runner:
         self.progress = progress
         self.rows: dict[Key, BenchResult] = {}
         self._grades: dict[tuple[str, str], tuple[bool, dict[str, Any]]] = {}
-        self._grade_limiter = anyio.CapacityLimiter(GRADING_THREADS)
+        self.grader: Grader = grader or ThreadGrader(allow_unsandboxed=options.allow_unsandboxed)
+        self.limiter = limiter or anyio.CapacityLimiter(options.concurrency)
         self.total = len(problems) * len(labels)
         self.done = self.resumed = self.correct = 0
         self.prompt_tokens = self.completion_tokens = 0
@@ -337,24 +631,27 @@ class _Runner:
     # --- storage --------------------------------------------------------------------------
 
     def _load(self) -> None:
-        """Load stored rows; drop failed answers (and failed samples of unfinished answers),
-        so that a resume retries them."""
+        """Load the stored rows of this worker's problems; drop failed answers (and failed
+        samples of unfinished answers), and rows whose JSON detail no longer parses (with the
+        answer built on them), so that a resume computes them again."""
+        ids = [p.id for p in self.problems]
         with self.store.transaction() as session:
-            rows = list(
-                session.exec(select(BenchResult).where(BenchResult.run_id == self.run_id)).all()
+            query = select(BenchResult).where(
+                BenchResult.run_id == self.run_id, col(BenchResult.problem_id).in_(ids)
             )
+            rows = list(session.exec(query).all())
+            unreadable = {r.id for r in rows if not _readable(r)}
             answers = {(r.method, r.problem_id): r for r in rows if r.sample == 0}
-            retry = {key for key, r in answers.items() if r.error is not None}
-            drop = [
-                r.id
-                for r in rows
-                if r.error is not None
-                and (
-                    r.sample == 0
-                    or (r.method, r.problem_id) in retry
-                    or (r.method, r.problem_id) not in answers
-                )
-            ]
+            retry = {k for k, r in answers.items() if r.error is not None}
+            retry |= {(r.method, r.problem_id) for r in rows if r.id in unreadable}
+
+            def dropped(r: BenchResult) -> bool:
+                key = (r.method, r.problem_id)
+                if r.id in unreadable or (r.sample == 0 and key in retry):
+                    return True
+                return r.error is not None and (key in retry or key not in answers)
+
+            drop = [r.id for r in rows if dropped(r)]
             if drop:
                 session.exec(delete(BenchResult).where(col(BenchResult.id).in_(drop)))
         dropped = set(drop)
@@ -377,18 +674,10 @@ class _Runner:
         if key in self.rows:
             return self.rows[key]
         with self.store.transaction() as session:
-            found = session.exec(
-                select(BenchResult).where(
-                    BenchResult.run_id == row.run_id,
-                    BenchResult.method == row.method,
-                    BenchResult.problem_id == row.problem_id,
-                    BenchResult.sample == row.sample,
-                )
-            ).first()
-            if found is None:
-                session.add(row)
-            else:
-                row = found
+            values = row.model_dump(exclude={"id"})
+            insert_or_ignore(session, BenchResult, values, RESULT_KEY)
+            where = [getattr(BenchResult, k) == values[k] for k in RESULT_KEY]
+            row = session.exec(select(BenchResult).where(*where)).one()
         self.rows[key] = row
         if row.sample == 0:
             self._count(row)
@@ -433,45 +722,46 @@ class _Runner:
         key = (problem.id, normalize_final(final, problem.kind))
         if key in self._grades:
             return self._grades[key]
-        if problem.kind == "math":
-            ok = await anyio.to_thread.run_sync(
-                grade_math, final, problem.answer or "", limiter=self._grade_limiter
-            )
-            result: tuple[bool, dict[str, Any]] = (bool(ok), {})
-        else:
-            grade = await anyio.to_thread.run_sync(
-                partial(
-                    grade_code,
-                    final,
-                    problem,
-                    timeout_s=self.options.code_timeout_s,
-                    fail_fast=True,
-                ),
-                limiter=self._grade_limiter,
-            )
-            info = {"passed": grade.passed, "tests": grade.total}
-            if grade.first_failure:
-                info["first_failure"] = grade.first_failure
-            result = (grade.correct, info)
+        try:
+            result = await self._grade(problem, final)
+        except NsedError:
+            raise  # refusing to run code unsandboxed, bad limits: the run must stop
+        except Exception as exc:  # hostile output is this answer's failure, never the run's
+            result = (False, {"reason": f"grading error: {type(exc).__name__}: {exc}"[:300]})
         self._grades[key] = result
         return result
+
+    async def _grade(self, problem: Problem, final: str) -> tuple[bool, dict[str, Any]]:
+        if problem.kind == "math":
+            ok = await self.grader.math(final, problem.answer or "")
+            return bool(ok), {}
+        grade = await self.grader.code(final, problem, self.options.code_timeout_s)
+        info: dict[str, Any] = {"passed": grade.passed, "tests": grade.total}
+        if grade.first_failure:
+            info["first_failure"] = grade.first_failure
+        return grade.correct, info
 
     # --- the run ----------------------------------------------------------------------------
 
     async def run(self) -> None:
         self._load()
         self._emit()
-        limiter = anyio.CapacityLimiter(self.options.concurrency)
 
         async def one(problem: Problem) -> None:
-            async with limiter:
+            async with self.limiter:
                 await self._problem(problem)
 
-        async with anyio.create_task_group() as tg:
-            for problem in self.problems:
-                if all((label, problem.id, 0) in self.rows for label in self.labels):
-                    continue
-                tg.start_soon(one, problem)
+        try:
+            async with anyio.create_task_group() as tg:
+                for problem in self.problems:
+                    if all((label, problem.id, 0) in self.rows for label in self.labels):
+                        continue
+                    tg.start_soon(one, problem)
+        except BaseExceptionGroup as group:  # the first nsed error, as the user should see it
+            first = _first_error(group)
+            if isinstance(first, NsedError):
+                raise first from None
+            raise
 
     async def _problem(self, problem: Problem) -> None:
         target: int | None = None
@@ -554,7 +844,7 @@ class _Runner:
         for (m, pid, index), row in self.rows.items():
             if m != method or pid != problem.id or index == 0:
                 continue
-            detail = json.loads(row.detail or "{}")
+            detail = json_cell(row.detail, "", {})  # parsed in _load
             samples.append(
                 Sample(
                     index=index,
@@ -681,6 +971,21 @@ class _Runner:
         )
 
 
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    """The first leaf of nested task-group errors."""
+    first = group.exceptions[0]
+    return _first_error(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _readable(row: BenchResult) -> bool:
+    try:
+        json_cell(row.detail, f"bench_results id {row.id} (detail)", {})
+    except CorruptCell as exc:
+        log.warning("%s; a resume computes it again", exc)
+        return False
+    return True
+
+
 def _short(text: str | None, limit: int = 200) -> str | None:
     if text is None:
         return None
@@ -688,12 +993,26 @@ def _short(text: str | None, limit: int = 200) -> str | None:
 
 
 __all__ = [
+    "HEARTBEAT_S",
+    "STALE_AFTER_S",
     "BenchOptions",
     "BenchProgress",
     "BenchSummary",
+    "Grader",
     "ProgressCallback",
+    "RunPlan",
+    "Shard",
+    "SliceOutcome",
+    "ThreadGrader",
+    "WorkerBeat",
     "check_resume",
+    "close_run",
     "new_run_id",
+    "open_team",
+    "plan_run",
+    "record_run",
     "run_benchmark",
+    "run_problems",
+    "stored_answers",
     "team_record",
 ]

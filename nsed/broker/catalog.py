@@ -80,7 +80,6 @@ class CatalogEntry(ModelSpec):
 
     family: str = Field(min_length=1, description="model family, for the per-family cap")
     params_b: float | None = Field(default=None, gt=0, description="parameters, billions")
-    vram_gb: float = Field(default=0.0, ge=0, description="> 0: self-hosted, counts vs VRAM cap")
     capabilities: list[str] = Field(default_factory=list)
     context_window: int | None = Field(default=None, ge=1)
     prior_skill: dict[str, float] = Field(

@@ -12,6 +12,7 @@ Definitions (the numbers ``nsed models list`` shows):
 
 * ``calls`` are attempted calls (proposals and reviews), ``failures`` those that failed after
   retries, ``timeouts`` those failures that were timeouts; success ratio = 1 − failures/calls.
+  ``truncations`` are successful calls cut at max_tokens (a budget too small for the model).
 * latency is per proposal call (reviews carry no latency in the trace).
 * support is the agent's QV support S in [-1, 1] in each round it proposed in.
 * ``round_wins`` counts rounds the model's proposal won; ``wins`` counts deliberations whose
@@ -30,10 +31,12 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import anyio
 import httpx
 from pydantic import BaseModel
+from sqlalchemy import update
 from sqlmodel import Session, select
 
 from nsed.agents.parsing import normalize_final
@@ -41,7 +44,7 @@ from nsed.agents.vllm import MetricsCache
 from nsed.broker.catalog import CatalogEntry
 from nsed.broker.knapsack import ModelStats
 from nsed.results import Deliberation, Proposal, Usage
-from nsed.store import AgentStatusRow, ModelStat, Store
+from nsed.store import AgentStatusRow, ModelStat, Store, insert_or_ignore
 
 log = logging.getLogger("nsed.telemetry")
 
@@ -146,46 +149,80 @@ def apply_deliberation(
     correct: bool | None = None,
     model_of: Mapping[str, str] | None = None,
 ) -> list[ModelStat]:
-    """Fold ``result`` into the ModelStat rows of ``session`` (the caller commits)."""
+    """Fold ``result`` into the ModelStat rows of ``session`` (the caller commits).
+
+    Safe with any number of processes writing at once (see :func:`_add`): no increment is lost.
+    """
     kind = kind or result.kind
     model_of = dict(model_of or {})
     grades = graded_models(result, correct, model_of)
     now = utcnow()
     rows = []
     for name, tally in sorted(_tallies(result, model_of).items()):
-        row = session.get(ModelStat, (name, kind)) or ModelStat(model_name=name, kind=kind)
-        _update(row, tally, grades.get(name), now)
-        session.add(row)
+        grade = grades.get(name)
+        usage = tally.usage
+        row = _add(
+            session,
+            name,
+            kind,
+            now,
+            calls=usage.calls + usage.failed_calls,
+            failures=usage.failed_calls,
+            timeouts=tally.timeouts,
+            truncations=usage.truncated_calls,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cost_usd=usage.cost_usd,
+            support_sum=math.fsum(tally.supports),
+            support_n=len(tally.supports),
+            round_wins=tally.round_wins,
+            wins=int(tally.won),
+            rounds_played=tally.rounds_played,
+            deliberations=1,
+            graded=int(grade is not None),
+            correct=int(bool(grade)),
+        )
+        if tally.latencies:
+            _fold_latencies(row, tally.latencies)
         rows.append(row)
     return rows
 
 
-def _update(row: ModelStat, tally: _Tally, grade: bool | None, now: datetime) -> None:
-    usage = tally.usage
-    row.calls += usage.calls + usage.failed_calls
-    row.failures += usage.failed_calls
-    row.timeouts += tally.timeouts
-    row.prompt_tokens += usage.prompt_tokens
-    row.completion_tokens += usage.completion_tokens
-    row.cost_usd += usage.cost_usd
+def _add(session: Session, name: str, kind: str, now: datetime, **deltas: float) -> ModelStat:
+    """Add ``deltas`` to the counters of the (name, kind) row and return it, locked.
+
+    The row is created if missing (INSERT ... ON CONFLICT DO NOTHING, so two processes that both
+    see it missing do not collide), the counters are incremented in SQL (``calls = calls + n``:
+    the database adds to the value it holds, not to one read earlier), and the row is read back
+    after that UPDATE, which holds its lock (PostgreSQL's row lock, SQLite's write lock) until
+    commit, so values that depend on the old ones (the latency EWMA and window) are computed
+    from the current row and written before anyone else can change it.
+    """
+    key = (ModelStat.model_name == name, ModelStat.kind == kind)
+    insert_or_ignore(
+        session,
+        ModelStat,
+        {"model_name": name, "kind": kind, "updated_at": now},
+        ["model_name", "kind"],
+    )
+    values: dict[str, Any] = {
+        field: getattr(ModelStat, field) + delta for field, delta in deltas.items() if delta
+    }
+    session.execute(update(ModelStat).where(*key).values(updated_at=now, **values))
+    query = select(ModelStat).where(*key).with_for_update()
+    return session.exec(query.execution_options(populate_existing=True)).one()
+
+
+def _fold_latencies(row: ModelStat, latencies: list[float]) -> None:
+    """The EWMA and the capped window of recent latencies, updated on a locked row."""
     recent = _floats(row.recent_latencies)
-    for latency in tally.latencies:
+    for latency in latencies:
         first = not recent and row.latency_ewma_s == 0.0
         row.latency_ewma_s = (
             latency if first else EWMA_ALPHA * latency + (1 - EWMA_ALPHA) * row.latency_ewma_s
         )
         recent.append(latency)
     row.recent_latencies = json.dumps([round(x, 6) for x in recent[-RECENT_LATENCIES:]])
-    row.support_sum += math.fsum(tally.supports)
-    row.support_n += len(tally.supports)
-    row.round_wins += tally.round_wins
-    row.wins += int(tally.won)
-    row.rounds_played += tally.rounds_played
-    row.deliberations += 1
-    if grade is not None:
-        row.graded += 1
-        row.correct += int(grade)
-    row.updated_at = now
 
 
 def apply_grades(
@@ -200,12 +237,9 @@ def apply_grades(
     deliberation already recorded without one; returns the per-model grades."""
     kind = kind or result.kind
     grades = graded_models(result, correct, model_of)
+    now = utcnow()
     for name, grade in sorted(grades.items()):
-        row = session.get(ModelStat, (name, kind)) or ModelStat(model_name=name, kind=kind)
-        row.graded += 1
-        row.correct += int(grade)
-        row.updated_at = utcnow()
-        session.add(row)
+        _add(session, name, kind, now, graded=1, correct=int(grade))
     return grades
 
 
@@ -239,6 +273,7 @@ class ModelTelemetry(BaseModel):
     calls: int
     failures: int
     timeouts: int
+    truncations: int
     success_ratio: float
     latency_ewma_s: float | None
     latency_p50_s: float | None
@@ -267,6 +302,7 @@ def telemetry_of(row: ModelStat) -> ModelTelemetry:
         calls=row.calls,
         failures=row.failures,
         timeouts=row.timeouts,
+        truncations=row.truncations,
         success_ratio=_success_ratio(row),
         latency_ewma_s=row.latency_ewma_s if recent else None,
         latency_p50_s=_percentile(recent, 50),

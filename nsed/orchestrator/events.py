@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-from nsed.results import Deliberation, Proposal, Review, RoundRecord
+from nsed.results import CallRecord, Deliberation, Proposal, Review, RoundRecord
 
 
 class RoundStarted(BaseModel):
@@ -23,6 +23,7 @@ class ProposalReceived(BaseModel):
     type: Literal["proposal"] = "proposal"
     round: int
     proposal: Proposal
+    call: CallRecord | None = None
 
 
 class ReviewReceived(BaseModel):
@@ -30,6 +31,18 @@ class ReviewReceived(BaseModel):
     round: int
     reviewer: str
     reviews: list[Review]
+    call: CallRecord | None = None
+
+
+class CallTruncated(BaseModel):
+    """A call stopped at max_tokens: its reply is not complete."""
+
+    type: Literal["truncated"] = "truncated"
+    round: int
+    agent: str
+    phase: str
+    completion_tokens: int = 0
+    max_tokens: int | None = None
 
 
 class AgentFailed(BaseModel):
@@ -93,6 +106,7 @@ Event = Annotated[
     RoundStarted
     | ProposalReceived
     | ReviewReceived
+    | CallTruncated
     | AgentFailed
     | RoundScored
     | AgentBenched

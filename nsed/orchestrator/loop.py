@@ -46,6 +46,7 @@ from nsed.orchestrator import forget_gate
 from nsed.orchestrator.aggregation import RoundBallots, carrier, tally_answers
 from nsed.orchestrator.events import (
     AgentFailed,
+    CallTruncated,
     Event,
     Finished,
     ProposalReceived,
@@ -55,6 +56,7 @@ from nsed.orchestrator.events import (
 )
 from nsed.orchestrator.feedback import CandidateChecker, describe
 from nsed.orchestrator.similarity import Embedder
+from nsed.orchestrator.step_outcome import ballot, settle_step
 from nsed.orchestrator.stopping import (
     EvidenceTracker,
     FatigueParams,
@@ -65,6 +67,7 @@ from nsed.orchestrator.stopping import (
 from nsed.orchestrator.voting import Vote, agreement, quadratic_vote, review_votes
 from nsed.results import (
     AgentInfo,
+    CallRecord,
     Deliberation,
     ExecutionCheck,
     Failure,
@@ -192,24 +195,54 @@ class DeliberationRun:
         """Remove agent ``name`` from the table from the next round on."""
         self.agents = [a for a in self.agents if a.name != name]
 
-    def _account(self, agent: Agent, completion: Completion, record: RoundRecord) -> None:
-        self.usage.prompt_tokens += completion.prompt_tokens
-        self.usage.completion_tokens += completion.completion_tokens
-        self.usage.cost_usd += completion.cost_usd
-        self.usage.calls += 1
-        self.usage.retries += completion.retries
+    async def _account(
+        self, agent: Agent, completion: Completion, record: RoundRecord, phase: str
+    ) -> CallRecord:
+        """Count one successful call everywhere; a call cut at max_tokens is also an event."""
+        usage = Usage(
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            reasoning_tokens=completion.reasoning_tokens,
+            cost_usd=completion.cost_usd,
+            calls=1,
+            retries=completion.retries,
+            truncated_calls=int(completion.truncated),
+        )
+        self.usage.add(usage)
         record.prompt_tokens += completion.prompt_tokens
         record.completion_tokens += completion.completion_tokens
         record.cost_usd += completion.cost_usd
-        record.agent_usage.setdefault(agent.name, Usage()).add(
-            Usage(
-                prompt_tokens=completion.prompt_tokens,
-                completion_tokens=completion.completion_tokens,
-                cost_usd=completion.cost_usd,
-                calls=1,
-                retries=completion.retries,
-            )
+        record.agent_usage.setdefault(agent.name, Usage()).add(usage)
+        call = CallRecord(
+            agent=agent.name,
+            phase=phase,
+            finish_reason=completion.finish_reason,
+            truncated=completion.truncated,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            reasoning_tokens=completion.reasoning_tokens,
+            max_tokens=completion.max_tokens,
+            latency_s=completion.latency_s,
         )
+        record.calls.append(call)
+        if completion.truncated:
+            log.warning(
+                "round %d: %s's %s call was cut at max_tokens (%d tokens)",
+                record.index,
+                agent.name,
+                phase,
+                completion.completion_tokens,
+            )
+            await self.emit(
+                CallTruncated(
+                    round=record.index,
+                    agent=agent.name,
+                    phase=phase,
+                    completion_tokens=completion.completion_tokens,
+                    max_tokens=completion.max_tokens,
+                )
+            )
+        return call
 
     def _succeed(self, agent: Agent, phase: str) -> None:
         self._failures[(agent.name, phase)] = 0
@@ -266,11 +299,11 @@ class DeliberationRun:
                 await self._fail(agent, "propose", exc, record)
                 return
             self._succeed(agent, "propose")
-            self._account(agent, completion, record)
+            call = await self._account(agent, completion, record, "propose")
             if explore:
                 proposal.blind = True
             proposals[agent.name] = proposal
-            await self.emit(ProposalReceived(round=record.index, proposal=proposal))
+            await self.emit(ProposalReceived(round=record.index, proposal=proposal, call=call))
 
         async with anyio.create_task_group() as tg:
             for agent in self.live_agents():
@@ -319,6 +352,8 @@ class DeliberationRun:
             notes.append(describe(check))
         room = max(0, limit - len(answer) - 40 - sum(len(n) + 1 for n in notes))
         parts = []
+        if self.config.share_reasoning and proposal.thinking.strip():
+            reasoning = f"{proposal.thinking.strip()}\n\n{reasoning}".strip()
         if reasoning and room > 80:
             parts.append(f"Reasoning:\n{clip(reasoning, room)}")
         parts.append(f"Answer:\n{clip(answer, limit) if v2 else answer[:limit]}")
@@ -357,7 +392,7 @@ class DeliberationRun:
                 await self._fail(agent, "review", exc, record)
                 return
             self._succeed(agent, "review")
-            self._account(agent, completion, record)
+            call = await self._account(agent, completion, record, "review")
             reviews = []
             finished: set[str] = set()
             for item in parsed.items:
@@ -409,7 +444,7 @@ class DeliberationRun:
                         )
             record.reviews.extend(reviews)
             await self.emit(
-                ReviewReceived(round=record.index, reviewer=agent.name, reviews=reviews)
+                ReviewReceived(round=record.index, reviewer=agent.name, reviews=reviews, call=call)
             )
 
         async with anyio.create_task_group() as tg:
@@ -601,9 +636,11 @@ class DeliberationRun:
                     )
                 stopped_because = "quorum_lost"
                 break
-            await self._check(record, proposals)
-            partial = await self._review(record, proposals)
-            self._leader = self._score(record, proposals, partial)
+            candidates = ballot(proposals)  # a step that breaks its format cannot win
+            if candidates:
+                await self._check(record, candidates)
+                partial = await self._review(record, candidates)
+                self._leader = self._score(record, candidates, partial)
             du_dt, evidence = self._evidence.add(index, record.conviction)
             record.du_dt, record.evidence = du_dt, evidence
             self.state = await anyio.to_thread.run_sync(
@@ -648,8 +685,7 @@ class DeliberationRun:
             if decision.stop:
                 stopped_because = decision.reason or "max_rounds"
                 break
-        log.info("deliberation %s stopped after %d round(s): %s", self.id, len(self.rounds),
-                 stopped_because)
+        log.info("deliberation stopped after %d round(s): %s", len(self.rounds), stopped_because)
         return self._result(stopped_because, time.perf_counter() - started)
 
     def _result(self, stopped_because: str, wall_s: float) -> Deliberation:
@@ -710,7 +746,7 @@ async def run_deliberation(
     on_round_end: RoundHook | None = None,
     checker: CandidateChecker | None = None,
 ) -> Deliberation:
-    """Run one deliberation and emit ``Finished`` with its result."""
+    """Run one deliberation and emit ``Finished`` with its result (and its step, if any)."""
     run = DeliberationRun(
         question,
         agents,
@@ -722,6 +758,6 @@ async def run_deliberation(
         on_round_end=on_round_end,
         checker=checker,
     )
-    result = await run.run()
+    result = await settle_step(run, await run.run())
     await run.emit(Finished(deliberation=result))
     return result

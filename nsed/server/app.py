@@ -16,11 +16,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from nsed.server.browse import BROWSE_ROUTES
 from nsed.server.errors import ApiError
 from nsed.server.metrics import ServerMetrics
 from nsed.server.routes import ROUTES
 from nsed.server.settings import ServerSettings
 from nsed.server.state import Runtime
+from nsed.server.webui import UI_ROUTES
 from nsed.store import Store
 
 log = logging.getLogger("nsed.server")
@@ -74,7 +76,7 @@ def create_app(settings: ServerSettings) -> Starlette:
             store.dispose()
 
     app = Starlette(
-        routes=list(ROUTES),
+        routes=[*ROUTES, *BROWSE_ROUTES, *UI_ROUTES],
         exception_handlers={
             ApiError: _api_error_handler,
             HTTPException: _http_error_handler,

@@ -6,7 +6,10 @@ so tests, notebooks and benchmarks can talk HTTP to a council in-process.
 
 from __future__ import annotations
 
+import logging
+
 from nsed.server.app import create_app
+from nsed.server.connections import AccessLogIdFilter, guarded_protocol
 from nsed.server.settings import ServerSettings
 from nsed.serving import ThreadedServer, serve_in_thread
 
@@ -52,6 +55,7 @@ class BackgroundServer:
             log_level=self._log_level,
             lifespan="on",
             timeout_graceful_shutdown=2,
+            http=guarded_protocol(self.settings.header_timeout_s, self.settings.max_connections),
         )
         self.port = self._server.port
         return self
@@ -72,14 +76,18 @@ def run_server(settings: ServerSettings) -> None:
     """Serve ``settings`` with uvicorn until interrupted (what ``nsed serve`` calls).
 
     uvicorn configures no logging of its own (``log_config=None``): its records go through
-    the handler the caller set up for nsed's logger (``nsed.logs``), at the same level.
+    the handler the caller set up for nsed's logger (``nsed.logs``), at the same level; the
+    access log shows trace routes without their run ids. Connections are guarded
+    (:mod:`nsed.server.connections`): a header deadline and a connection cap.
     """
     import uvicorn
 
+    logging.getLogger("uvicorn.access").addFilter(AccessLogIdFilter())
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_config=None,
         timeout_graceful_shutdown=5,
+        http=guarded_protocol(settings.header_timeout_s, settings.max_connections),
     )

@@ -16,6 +16,7 @@ from nsed.errors import (
     BudgetExceeded,
     ConfigError,
     InfeasibleTeam,
+    InvalidOutput,
     NsedError,
     QuorumLost,
 )
@@ -27,6 +28,7 @@ _ERROR_TYPES = {
     401: "invalid_request_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
 }
@@ -87,8 +89,11 @@ def api_error_from(exc: BaseException, timeout_s: float) -> tuple[ApiError, str]
         return ApiError(502, str(exc), code="infeasible_team"), "backend_error"
     if isinstance(exc, BudgetExceeded):
         return ApiError(400, str(exc), code="budget_exceeded", param="nsed"), "bad_request"
+    if isinstance(exc, InvalidOutput):
+        return ApiError(400, str(exc), code="invalid_output", param=exc.param), "bad_request"
     if isinstance(exc, ConfigError):
-        return ApiError(400, str(exc), code="invalid_config"), "bad_request"
+        param = getattr(exc, "param", None)
+        return ApiError(400, str(exc), code="invalid_config", param=param), "bad_request"
     if isinstance(exc, NsedError):
         return ApiError(500, f"{type(exc).__name__}: {exc}", code="nsed_error"), "error"
     log.error("unexpected error in a deliberation", exc_info=exc)

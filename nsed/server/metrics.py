@@ -45,6 +45,12 @@ class ServerMetrics:
             ["council", "kind"],
             registry=r,
         )
+        self.truncated = Counter(
+            "nsed_truncated_calls",
+            "Agent calls cut at max_tokens, by phase",
+            ["council", "phase"],
+            registry=r,
+        )
         self.errors = Counter(
             "nsed_http_errors", "Error responses by HTTP status", ["status"], registry=r
         )

@@ -16,11 +16,18 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from nsed.errors import StoreError
-from nsed.orchestrator.events import AgentFailed, Event, Finished, RoundScored
+from nsed.links import run_path
+from nsed.orchestrator.events import AgentFailed, CallTruncated, Event, Finished, RoundScored
 from nsed.results import Deliberation
 from nsed.server.errors import ApiError, api_error_from
 from nsed.server.limits import QueueFull
-from nsed.server.protocol import Envelope, summary_of, usage_of
+from nsed.server.protocol import (
+    Envelope,
+    finish_reason_of,
+    summary_of,
+    tool_call_deltas,
+    usage_of,
+)
 from nsed.server.state import Job, Runtime
 from nsed.server.streaming import (
     DONE,
@@ -44,8 +51,12 @@ class DeliberationResponse(Response):
         super().__init__()
         self.runtime = runtime
         self.job = job
-        self._envelope = Envelope(job.run_id, int(time.time()), job.model)
-        self._out = ResponseWriter({"x-nsed-run-id": job.run_id})
+        options = job.request.stream_options
+        include_usage = bool(job.request.stream and options and options.include_usage)
+        self._envelope = Envelope(job.run_id, int(time.time()), job.model, include_usage)
+        self._out = ResponseWriter(
+            {"x-nsed-run-id": job.run_id, "x-nsed-run-url": run_path(job.run_id)}
+        )
 
     # --- ASGI ----------------------------------------------------------------------------------
 
@@ -79,7 +90,8 @@ class DeliberationResponse(Response):
         m.deliberations.labels(name, status).inc()
         if status in ("timeout", "backend_error", "error"):
             m.failures.labels(name, status).inc()
-        log.info("run %s council=%s status=%s %.2fs", self.job.run_id, name, status, seconds)
+        # No run id here: it is the capability to read the trace (GET /v1/deliberations/{id}).
+        log.info("deliberation council=%s status=%s %.2fs", name, status, seconds)
 
     async def _respond(self, started: float) -> str:
         """Admit, deliberate, answer; returns the metrics status."""
@@ -91,7 +103,7 @@ class DeliberationResponse(Response):
                         result = await self._stream()
                     else:
                         result = await self._deliberate(self._count)
-                        answer = apply_stop(result.answer, self.job.request.stop_sequences())
+                        answer = self._answer(result)
                         await self._out.send_json(200, self._envelope.completion(answer, result))
                     self._account(result, time.perf_counter() - started)
             await self._save(result)
@@ -119,15 +131,23 @@ class DeliberationResponse(Response):
             m.rounds.labels(name).inc()
         elif isinstance(event, AgentFailed):
             m.failures.labels(name, "agent_call").inc()
+        elif isinstance(event, CallTruncated):
+            m.truncated.labels(name, event.phase).inc()
 
     async def _deliberate(self, emit: Any) -> Deliberation:
         # The run id was promised in the headers before the run finished: the council uses it.
         job = self.job
         result = await job.council.run(
-            job.question, config=job.config, emit=emit, deliberation_id=job.run_id
+            job.question, config=job.config, emit=emit, deliberation_id=job.run_id, step=job.step
         )
-        self.runtime.remember(result)
+        self.runtime.remember(result, job.owner)
         return result
+
+    def _answer(self, result: Deliberation) -> str:
+        """The answer text; stop sequences cut free text only (a cut step would not parse)."""
+        if result.step is not None:
+            return result.answer
+        return apply_stop(result.answer, self.job.request.stop_sequences())
 
     def _account(self, result: Deliberation, seconds: float) -> None:
         m, name = self.runtime.metrics, self.job.council_name
@@ -143,14 +163,19 @@ class DeliberationResponse(Response):
             return
         with anyio.CancelScope(shield=True):
             try:
-                await anyio.to_thread.run_sync(store.save_deliberation, result)
+                await anyio.to_thread.run_sync(
+                    lambda: store.save_deliberation(result, owner=self.job.owner)
+                )
             except StoreError as exc:
-                log.warning("run %s not saved: %s", result.id, exc)
+                log.warning("a trace was not saved: %s", exc)
 
     async def _stream(self) -> Deliberation:
         events_in, events_out = anyio.create_memory_object_stream[Event](math.inf)
         outcome: list[Deliberation | Exception] = []
-        stream_events = bool(self.job.request.nsed and self.job.request.nsed.stream_events)
+        options = self.job.request.nsed
+        stream_events = bool(options and options.stream_events)
+        asked = options.stream_reasoning if options else None
+        reasoning = self.runtime.settings.stream_reasoning if asked is None else asked
 
         async def emit(event: Event) -> None:
             await self._count(event)
@@ -177,10 +202,15 @@ class DeliberationResponse(Response):
                     if isinstance(event, Finished):
                         continue
                     await self._start_stream()
+                    if reasoning and (line := progress_comment(event)):
+                        # Chat UIs show reasoning_content in their "thinking" pane.
+                        delta = {"reasoning_content": line + "\n"}
+                        await self._out.write(sse(self._envelope.chunk([{"index": 0,
+                                                                         "delta": delta}])))
                     if stream_events:
                         chunk = self._envelope.chunk([], nsed_event=event_payload(event))
                         await self._out.write(sse(chunk))
-                    else:
+                    elif not reasoning:
                         comment = progress_comment(event)
                         if comment:
                             await self._out.write(sse_comment(comment))
@@ -215,14 +245,17 @@ class DeliberationResponse(Response):
         if stream_events:
             chunk = envelope.chunk([], nsed_event=event_payload(Finished(deliberation=result)))
             await out.write(sse(chunk))
-        answer = apply_stop(result.answer, self.job.request.stop_sequences())
-        for piece in pieces(answer):
-            await out.write(sse(envelope.chunk([{"index": 0, "delta": {"content": piece}}])))
+        if result.step is not None and result.step.tool_calls:
+            deltas = tool_call_deltas(result.step)
+        else:
+            deltas = [{"content": piece} for piece in pieces(self._answer(result))]
+        for delta in deltas:
+            await out.write(sse(envelope.chunk([{"index": 0, "delta": delta}])))
+        finish = finish_reason_of(result)
         done = envelope.chunk(
-            [{"index": 0, "delta": {}, "finish_reason": "stop"}], nsed=summary_of(result)
+            [{"index": 0, "delta": {}, "finish_reason": finish}], nsed=summary_of(result)
         )
         await out.write(sse(done))
-        options = self.job.request.stream_options
-        if options is not None and options.include_usage:
+        if envelope.include_usage:
             await out.write(sse(envelope.chunk([], usage=usage_of(result))))
         await out.write(DONE, more=False)

@@ -19,13 +19,18 @@ from starlette.routing import Route
 from nsed.council import Council, validate_question
 from nsed.errors import ConfigError, StoreError
 from nsed.server.errors import ApiError
-from nsed.server.limits import authorize, read_body
+from nsed.server.limits import authorize, check_request_limits, may_read, read_body
 from nsed.server.metrics import ServerMetrics
 from nsed.server.protocol import parse_request
 from nsed.server.response import DeliberationResponse
 from nsed.server.settings import MODEL_PREFIX
 from nsed.server.state import Job, Runtime
-from nsed.server.translate import apply_sampling, build_task, deliberation_config
+from nsed.server.translate import (
+    apply_sampling,
+    build_step_format,
+    build_task,
+    deliberation_config,
+)
 
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -93,14 +98,16 @@ async def _get_model(request: Request) -> Response:
 
 async def _get_deliberation(request: Request) -> Response:
     runtime = _runtime(request)
-    authorize(request, runtime.settings)
+    caller = authorize(request, runtime.settings)
     run_id = request.path_params["run_id"]
-    result = runtime.recent.get(run_id) if _RUN_ID_RE.match(run_id) else None
-    if result is None and runtime.store is not None and _RUN_ID_RE.match(run_id):
+    found = runtime.recent.get(run_id) if _RUN_ID_RE.match(run_id) else None
+    if found is None and runtime.store is not None and _RUN_ID_RE.match(run_id):
         try:
-            result = await anyio.to_thread.run_sync(runtime.store.load_deliberation, run_id)
+            found = await anyio.to_thread.run_sync(runtime.store.load_owned_deliberation, run_id)
         except StoreError as exc:
             raise ApiError(500, f"cannot read the store: {exc}", code="store_error") from None
+    # Another key's trace is answered exactly like an unknown one: its existence is not told.
+    result = found[0] if found is not None and may_read(caller, found[1]) else None
     if result is None:
         raise ApiError(
             404,
@@ -113,14 +120,17 @@ async def _get_deliberation(request: Request) -> Response:
 
 async def _chat_completions(request: Request) -> Response:
     runtime = _runtime(request)
-    authorize(request, runtime.settings)
+    caller = authorize(request, runtime.settings)
+    settings = runtime.settings
     try:
-        raw = await read_body(request, runtime.settings.max_body_bytes)
+        raw = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
     except ClientDisconnect:
         return Response(status_code=400)
     req = parse_request(raw)
+    check_request_limits(req, settings)
     name, council = _council_for(runtime, req.model)
     question, system_context = build_task(req.messages)
+    step = build_step_format(req)
     config = deliberation_config(council.config, req, system_context)
     try:
         question = validate_question(question, config)
@@ -139,6 +149,8 @@ async def _chat_completions(request: Request) -> Response:
             question=question,
             config=config,
             request=req,
+            step=step,
+            owner=caller.key_id,
         ),
     )
 

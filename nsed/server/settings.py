@@ -21,6 +21,7 @@ from nsed.store import Store
 MODEL_PREFIX = "nsed/"
 DEFAULT_COUNCIL = "council"
 API_KEYS_ENV = "NSED_SERVER_API_KEYS"
+ADMIN_KEYS_ENV = "NSED_SERVER_ADMIN_KEYS"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -56,11 +57,22 @@ class ServerSettings(BaseModel):
 
     councils: dict[str, CouncilSpec] = Field(description="name -> council; model id nsed/<name>")
     api_keys: list[SecretStr] = Field(default_factory=list, description="empty: no auth")
+    admin_keys: list[SecretStr] = Field(
+        default_factory=list, description="keys that may also read every key's traces"
+    )
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    header_timeout_s: float = Field(default=10.0, gt=0, description="request line + headers")
+    body_timeout_s: float = Field(default=30.0, gt=0, description="the whole request body")
+    max_connections: int = Field(default=512, ge=1, description="open connections at once")
+    max_rounds: int = Field(default=10, ge=1, le=50, description="most rounds a request may ask")
     max_concurrent: int = Field(default=8, ge=1, description="deliberations running at once")
     max_queue: int = Field(default=32, ge=0, description="requests waiting for a slot")
     request_timeout_s: float = Field(default=600.0, gt=0, description="queue + deliberation")
     heartbeat_s: float = Field(default=10.0, gt=0, description="SSE keep-alive comment interval")
+    stream_reasoning: bool = Field(
+        default=False,
+        description="streamed progress as delta.reasoning_content (a chat UI's thinking pane)",
+    )
     keep_deliberations: int = Field(default=256, ge=1, description="finished traces in memory")
     store_url: str | None = Field(default=None, description="also save traces to this database")
     host: str = "127.0.0.1"
@@ -78,7 +90,7 @@ class ServerSettings(BaseModel):
                 )
         return value
 
-    @field_validator("api_keys")
+    @field_validator("api_keys", "admin_keys")
     @classmethod
     def _check_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
         if any(not k.get_secret_value().strip() for k in value):
@@ -90,15 +102,18 @@ class ServerSettings(BaseModel):
 
 
 def load_api_keys(
-    file: str | Path | None = None, env: Mapping[str, str] | None = None
+    file: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    variable: str = API_KEYS_ENV,
 ) -> list[SecretStr]:
-    """Bearer keys from ``NSED_SERVER_API_KEYS`` (comma-separated) and/or a file (one a line).
+    """Bearer keys from ``variable`` (``NSED_SERVER_API_KEYS``, comma-separated) and/or a
+    file (one a line); ``variable=ADMIN_KEYS_ENV`` reads the admin keys.
 
     Blank lines and ``#`` comments in the file are skipped. The keys are SecretStr so they never
     show up in a repr, a log or an error message.
     """
     env = os.environ if env is None else env
-    keys = [k.strip() for k in env.get(API_KEYS_ENV, "").split(",") if k.strip()]
+    keys = [k.strip() for k in env.get(variable, "").split(",") if k.strip()]
     if file is not None:
         path = Path(file)
         try:

@@ -16,6 +16,7 @@ from nsed.server.limits import Admission
 from nsed.server.metrics import ServerMetrics
 from nsed.server.protocol import ChatCompletionRequest
 from nsed.server.settings import ServerSettings
+from nsed.steps import StepFormat
 from nsed.store import Store
 
 
@@ -27,12 +28,13 @@ class Runtime:
         self.metrics = metrics
         self.councils: dict[str, Council] = {}
         self.admission = Admission(settings.max_concurrent, settings.max_queue, metrics)
-        self.recent: OrderedDict[str, Deliberation] = OrderedDict()
+        self.recent: OrderedDict[str, tuple[Deliberation, str | None]] = OrderedDict()
         self.store: Store | None = None
         self.latency_ewma_s = 0.0
 
-    def remember(self, result: Deliberation) -> None:
-        self.recent[result.id] = result
+    def remember(self, result: Deliberation, owner: str | None = None) -> None:
+        """Keep a finished trace with its owner (a key id, see ``limits.may_read``)."""
+        self.recent[result.id] = (result, owner)
         self.recent.move_to_end(result.id)
         while len(self.recent) > self.settings.keep_deliberations:
             self.recent.popitem(last=False)
@@ -59,3 +61,5 @@ class Job:
     question: str
     config: DeliberationConfig
     request: ChatCompletionRequest
+    step: StepFormat | None = None  # tools / response_format: the step's format
+    owner: str | None = None  # the key id of the caller: the trace is theirs

@@ -1,9 +1,11 @@
 """Server-sent events for a streamed deliberation: the encoding and the ASGI writer.
 
 Progress goes out as SSE comments (``: ...``, which every SSE client skips) or, on request, as
-chunks with an ``nsed_event`` field; a keep-alive comment is sent while nothing happens so
-proxies do not close a long deliberation. Headers are held back until the first write so that
-a failure before the first round still gets a real status code.
+chunks with an ``nsed_event`` field, or as ``delta.reasoning_content`` lines that chat UIs
+(Open WebUI, LibreChat) show in their "thinking" pane while the content stays the answer. A
+keep-alive comment is sent while nothing happens so proxies do not close a long deliberation.
+Headers are held back until the first write so that a failure before the first round still
+gets a real status code.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from starlette.types import Send
 
 from nsed.orchestrator.events import (
     AgentFailed,
+    CallTruncated,
     Event,
     Finished,
     ProposalReceived,
@@ -48,6 +51,8 @@ def progress_comment(event: Event) -> str | None:
         return f"round {event.round}: reviews from {event.reviewer}"
     if isinstance(event, AgentFailed):
         return f"round {event.round}: {event.agent} failed to {event.phase}"
+    if isinstance(event, CallTruncated):
+        return f"round {event.round}: {event.agent}'s {event.phase} was cut at max_tokens"
     if isinstance(event, RoundScored):
         r = event.record
         return f"round {r.index} scored: winner {r.winner}, conviction {r.conviction:.2f}"

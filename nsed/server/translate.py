@@ -1,78 +1,53 @@
 """How a chat request becomes a deliberation: the question, the config and the council to run.
 
-* the last message must be a user message: it is the question; earlier user/assistant turns are
-  prepended as conversation context; system (and developer) messages become
+* the last message must be a user message (the question) or tool results (the council continues
+  from them); earlier turns, tool calls and tool results included, are prepended as
+  conversation context (``nsed.agents.conversation``); system (and developer) messages become
   ``DeliberationConfig.system_context``, which every agent sees in its system prompt;
+* ``tools`` / ``tool_choice`` / ``parallel_tool_calls`` / ``response_format`` become the
+  step's format (``nsed.steps.step_format``); a bad tool or schema is a 400 naming the field;
 * ``temperature`` / ``top_p`` replace every model's value (replicas keep their diversity
   offset, see ``TeamSpec.agents``); ``max_tokens`` / ``max_completion_tokens`` cap every agent
   call (proposals and reviews), not only the answer; ``seed`` seeds the label shuffling;
 * ``"nsed": {...}`` sets rounds, min_rounds, kind, protocol, budget_usd, budget_tokens and
-  qv_mode;
-* ``stop`` is applied to the final answer text: it is cut before the first stop sequence.
+  qv_mode (and ``stream_reasoning``, read by the response);
+* ``stop`` is applied to the final answer text: it is cut before the first stop sequence (not
+  to tool calls or JSON answers, which would no longer parse).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from nsed.agents.conversation import ChatMessage, render_conversation
 from nsed.config import DeliberationConfig, ModelSpec, TeamSpec
 from nsed.council import Council, make_config
-from nsed.errors import ConfigError
+from nsed.errors import ConfigError, InvalidConversation, UnsupportedFormat
 from nsed.server.errors import ApiError
-from nsed.server.protocol import ChatCompletionRequest, ChatMessage, NsedOptions
-
-
-def _text(message: ChatMessage, index: int) -> str:
-    if message.content is None:
-        return ""
-    if isinstance(message.content, str):
-        return message.content
-    texts = []
-    for part in message.content:
-        if part.type != "text" or part.text is None:
-            raise ApiError(
-                400,
-                f"messages[{index}] has a {part.type!r} content part; nsed accepts text only",
-                param=f"messages.{index}.content",
-            )
-        texts.append(part.text)
-    return "".join(texts)
+from nsed.server.protocol import ChatCompletionRequest, NsedOptions
+from nsed.steps import StepFormat, step_format
 
 
 def build_task(messages: list[ChatMessage]) -> tuple[str, str | None]:
-    """(question, system context) from a chat: last user message + earlier turns as context."""
-    system: list[str] = []
-    turns: list[tuple[str, str]] = []
-    for i, message in enumerate(messages):
-        if message.role in ("tool", "function") or message.tool_calls:
-            raise ApiError(
-                400,
-                f"messages[{i}] is a tool call or tool result; nsed does not support tools",
-                param=f"messages.{i}",
-            )
-        text = _text(message, i)
-        if message.role in ("system", "developer"):
-            if text.strip():
-                system.append(text.strip())
-            continue
-        who = "User" if message.role == "user" else "Assistant"
-        turns.append((f"{who} ({message.name})" if message.name else who, text))
-    last = next((m for m in reversed(messages) if m.role not in ("system", "developer")), None)
-    if last is None or last.role != "user":
-        raise ApiError(
-            400,
-            "the last non-system message must be a user message: it is the question the "
-            "council deliberates on",
-            param="messages",
+    """(question, system context) from a chat: the latest turn, earlier turns as context."""
+    try:
+        conversation = render_conversation(messages)
+    except InvalidConversation as exc:
+        raise ApiError(400, str(exc), param=exc.param) from None
+    return conversation.task, conversation.system_context
+
+
+def build_step_format(req: ChatCompletionRequest) -> StepFormat | None:
+    """The step's format from the request's tool and response-format fields (None: plain)."""
+    try:
+        return step_format(
+            tools=req.tools,
+            tool_choice=req.tool_choice,
+            parallel_tool_calls=req.parallel_tool_calls,
+            response_format=req.response_format,
         )
-    question = turns[-1][1]
-    if len(turns) > 1:
-        history = "\n\n".join(f"{who}: {text.strip()}" for who, text in turns[:-1])
-        question = (
-            f"Conversation so far (context):\n{history}\n\n"
-            f"Latest user message (answer this):\n{question.strip()}"
-        )
-    return question, "\n\n".join(system) or None
+    except UnsupportedFormat as exc:
+        raise ApiError(400, str(exc), param=exc.param) from None
 
 
 def deliberation_config(
@@ -91,6 +66,11 @@ def deliberation_config(
         "seed": req.seed,
         "max_tokens": req.token_cap(),
     }
+    cap = req.token_cap()
+    if cap is not None:  # reasoning models' per-kind budgets are capped too
+        overrides["reasoning_max_tokens"] = {
+            kind: min(budget, cap) for kind, budget in base.reasoning_max_tokens.items()
+        }
     if opts.rounds is not None and opts.min_rounds is None:
         overrides["min_rounds"] = min(opts.rounds, base.min_rounds)
     if opts.min_rounds is not None and opts.rounds is None:
