@@ -59,7 +59,7 @@ def agent(
     review_override: Callable[[ChatRequest], str] | None = None,
 ) -> Callable[[ChatRequest], Reply]:
     """A scripted agent: proposes ``final`` (or ``final(round)``), reviews with ``judge``."""
-    judge = judge or (lambda text: 10)
+    judge = judge or (lambda text: 80)  # a confident endorsement: v2 conviction is agreement
 
     def handler(request: ChatRequest) -> Reply:
         round_match = re.search(r"\[Round (\d+)", request.user)
@@ -145,7 +145,7 @@ def step_agent(
     restate: Callable[[ChatRequest], Reply | str] | None = None,
 ) -> Callable[[ChatRequest], Reply]:
     """A scripted agent whose proposals are steps; reviews with ``judge`` (candidate text)."""
-    judge = judge or (lambda text: 10)
+    judge = judge or (lambda text: 80)  # a confident endorsement: v2 conviction is agreement
 
     def handler(request: ChatRequest) -> Reply:
         if is_review(request):

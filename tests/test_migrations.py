@@ -125,13 +125,16 @@ def test_a_release_run_resumes_on_the_upgraded_store_without_recomputing(release
     script = (RELEASE_DB.parent / "make_release_db.sh").read_text()
     team = script.split("cat > \"$work/team.toml\" <<'TOML'\n")[1].split("TOML\n")[0]
     (tmp_path / "team.toml").write_text(team)
+    # 0.1.0 ran protocol v1; resuming under today's default (v2) is refused with that hint.
     (tmp_path / "fast.toml").write_text('embeddings = "off"\n')
+    args = ["bench", "quick", "--limit", "6", "--team", str(tmp_path / "team.toml"),
+            "--methods", "nsed,single,vote", "--rounds", "2", "--run-id", RELEASE_RUN,
+            "--config", str(tmp_path / "fast.toml")]
+    refused = run_nsed(*args, home=release_db.parent, columns=160)
+    assert refused.returncode == 1 and 'protocol = "v1"' in refused.stderr, refused.stderr
+    (tmp_path / "fast.toml").write_text('embeddings = "off"\nprotocol = "v1"\n')
     before = snapshot(release_db, frozenset({"bench_results"}))
-    done = run_nsed(
-        "bench", "quick", "--limit", "6", "--team", str(tmp_path / "team.toml"),
-        "--methods", "nsed,single,vote", "--rounds", "2", "--run-id", RELEASE_RUN,
-        "--config", str(tmp_path / "fast.toml"), home=release_db.parent, columns=160,
-    )
+    done = run_nsed(*args, home=release_db.parent, columns=160)
     assert done.returncode == 0, done.stderr
     assert "(30 resumed)" in done.stdout
     assert snapshot(release_db, frozenset({"bench_results"})) == before

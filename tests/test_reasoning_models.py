@@ -188,7 +188,8 @@ def test_auto_sends_a_schema_to_plain_models_and_free_text_to_thinkers_until_it_
     route(scripted_server, {"qwen3-8b": "391", "plain": "391"})
     route(scripted_server, {"qwen3-4b": "391"}, style="tags")
     team = team_dict(scripted_server.url, ["qwen3-8b", "plain", "qwen3-4b"])
-    result = deliberate("What is 17 * 23?", team=team, config=fast_config())
+    # JSON proposals, so that every call asks for a schema (v2's free-form proposals ask none).
+    result = deliberate("What is 17 * 23?", team=team, config=fast_config(proposal_format="json"))
     assert result.final == "391"
     assert set(formats(scripted_server, "plain")) == {"json_schema"}
     # qwen3-8b's server returns the thinking apart (vLLM --reasoning-parser): the first call
@@ -219,7 +220,8 @@ def test_auto_treats_qwen3_with_thinking_off_as_a_plain_model(scripted_server):
     route(scripted_server, {"qwen3-8b": "391", "plain": "391"})
     team = team_dict(scripted_server.url, ["qwen3-8b", "plain"])
     team["models"][0]["extra_body"] = {"chat_template_kwargs": {"enable_thinking": False}}
-    deliberate("What is 17 * 23?", team=team, config=fast_config(max_rounds=1, min_rounds=1))
+    config = fast_config(max_rounds=1, min_rounds=1, proposal_format="json")
+    deliberate("What is 17 * 23?", team=team, config=config)
     assert set(formats(scripted_server, "qwen3-8b")) == {"json_schema"}
     assert {r.body["max_tokens"] for r in scripted_server.requests_for("qwen3-8b")} == {1024}
     assert all(r.body["chat_template_kwargs"] == {"enable_thinking": False}
@@ -317,7 +319,9 @@ def test_custom_think_tags(scripted_server):
 
 def test_config_defaults_are_documented_values():
     config = DeliberationConfig()
-    assert config.reasoning_max_tokens == {"math": 38_912, "code": 38_912, "text": 32_768}
+    assert config.reasoning_max_tokens == {
+        "auto": 38_912, "math": 38_912, "code": 38_912, "text": 32_768
+    }
     assert config.share_reasoning is False
     assert ModelSpec(name="x", base_url="http://x/v1", model="m").structured == "auto"
 
@@ -331,4 +335,4 @@ def test_a_servers_request_max_tokens_caps_the_reasoning_budgets_too():
          "max_tokens": 5000})
     config = deliberation_config(DeliberationConfig(), request, None)
     assert config.max_tokens == 5000
-    assert config.reasoning_max_tokens == {"math": 5000, "code": 5000, "text": 5000}
+    assert config.reasoning_max_tokens == {"auto": 5000, "math": 5000, "code": 5000, "text": 5000}

@@ -369,6 +369,16 @@ def check_resume(store: Store, run_id: str, options: BenchOptions) -> BenchRun |
         )
     stored = _stored_config(run)
     now = _run_config(options, 0)
+    if isinstance(stored.get("deliberation"), dict):
+        # A run stored before protocol presets existed (nsed 0.1) ran protocol v1.
+        stored["deliberation"].setdefault("protocol", "v1")
+        was = stored["deliberation"]["protocol"]
+        if was != now["deliberation"]["protocol"]:
+            raise ConfigError(
+                f"run {run_id!r} was started with protocol {was}, not "
+                f"{now['deliberation']['protocol']}; resume it with protocol = \"{was}\" in "
+                "--config, or use a new --run-id"
+            )
     if isinstance(stored.get("deliberation"), dict):  # fields both versions know
         stored["deliberation"] = {
             k: v for k, v in stored["deliberation"].items() if k in now["deliberation"]
