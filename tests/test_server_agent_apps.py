@@ -305,7 +305,9 @@ def test_openai_conventions_are_accepted_as_the_spec_says(nsed, agents):
     assert completion.choices[0].finish_reason == "stop"
     result = trace(nsed, completion.id)
     assert result.step is None and result.config["seed"] == 11
-    assert all(r.schema_name == "nsed_proposal" for r in agents.requests if is_proposal(r))
+    # plain proposals (free-form under v2: no schema), never steps
+    proposals = [r for r in agents.requests if is_proposal(r)]
+    assert proposals and all(r.schema_name != "nsed_step" for r in proposals)
     assert all("tools" not in r.body for r in agents.requests)
 
 

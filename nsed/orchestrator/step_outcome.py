@@ -27,10 +27,25 @@ def ballot(proposals: dict[str, Proposal]) -> dict[str, Proposal]:
 
 
 def _elected(result: Deliberation) -> Proposal | None:
-    """The winner of the last round that elected a valid step."""
+    """The winner of the last round that elected a valid step.
+
+    Under answer-level aggregation a round's winner may be a proposal of an earlier round
+    carrying the winning answer: the newest proposal of that agent with that final.
+    """
+    proposals = [p for record in reversed(result.rounds) for p in record.proposals]
     for record in reversed(result.rounds):
-        winner = next((p for p in record.proposals if p.agent == record.winner), None)
-        if winner is not None and winner.step is not None and winner.step.valid:
+        winner = next(
+            (
+                p
+                for p in proposals
+                if p.agent == record.winner
+                and p.final == record.winner_final
+                and p.step is not None
+                and p.step.valid
+            ),
+            None,
+        )
+        if winner is not None:
             return winner
     return None
 
