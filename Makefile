@@ -79,7 +79,7 @@ install-postgres:
 	fi
 
 demo: install
-	$(BIN)/nsed ask "What is 17 * 23?" --kind math --rounds 2
+	$(BIN)/nsed ask "What is 2 + 3?" --kind math --rounds 2
 
 lint: install-dev
 	$(BIN)/ruff check nsed tests perf examples
