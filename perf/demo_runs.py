@@ -75,7 +75,7 @@ def cli_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "rounds": len(data["rounds"]),
                 "stopped_because": data["stopped_because"],
                 "deliberation_s": data["wall_s"],
-                "tokens": data["usage"]["total_tokens"],
+                "tokens": data["usage"]["prompt_tokens"] + data["usage"]["completion_tokens"],
             }
         runs.append(row)
         print(json.dumps(row), file=sys.stderr)
