@@ -4,6 +4,7 @@ hypothesis profile."""
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -13,6 +14,13 @@ from tests import postgres_server, ray_cluster
 from tests.browser import INSTALL as BROWSER_INSTALL
 from tests.browser import browser_missing
 from tests.scripted_server import ScriptedServer
+
+# A suite started in the background (`make test &`, nohup, some CI runners) inherits SIGINT as
+# ignored, and an ignored signal stays ignored across exec: every child the tests start would
+# then ignore the Ctrl-C that the signal tests send it. Handling SIGINT here (the default
+# KeyboardInterrupt) makes children start with SIGINT at its default, as in a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Property tests are reproducible: the "ci" profile (the default) derives every example from
 # the test itself, so a run can't turn red one day and green the next; examples a property
