@@ -551,8 +551,9 @@ def _terminate_shared() -> None:
 # --- The default team --------------------------------------------------------------------------
 
 # Temperatures stay at or below 0.6: the 135M model's first proposal to "What is 2 + 3?" was
-# right in 16/16 samples at 0.2, 15/16 at 0.4, 11/16 at 0.6 and 5/16 at 1.0 (v2 prompts,
-# perf/local_default.md); seats still differ in temperature, persona and seed.
+# right in 16/16 samples at 0.2, 13/16 at 0.4, 11/16 at 0.6 and 5/16 at 1.0 (v2 prompts,
+# perf/temperature_probe.py, perf/local_default.md); seats still differ in temperature,
+# persona and seed.
 _SEATS: tuple[tuple[str, float, int], ...] = (
     ("careful", 0.2, 11),
     ("creative", 0.6, 22),
