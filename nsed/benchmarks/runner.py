@@ -379,7 +379,7 @@ def check_resume(store: Store, run_id: str, options: BenchOptions) -> BenchRun |
                 f"{now['deliberation']['protocol']}; resume it with protocol = \"{was}\" in "
                 "--config, or use a new --run-id"
             )
-    if isinstance(stored.get("deliberation"), dict):  # fields both versions know
+        # Compare only the fields both versions know.
         stored["deliberation"] = {
             k: v for k, v in stored["deliberation"].items() if k in now["deliberation"]
         }
