@@ -7,49 +7,58 @@ Reads the run's rows and the deliberation traces from the database ``nsed bench`
 * reviews: counted, dropped (by reason: unparseable, truncated, missing score, ...);
 * baseline samples (``single:*``, ``vote``): with a final answer;
 * accuracy per method with a Wilson 95 % interval, only on the problems every method finished
-  (a bounded run stops part-way).
+  (a bounded run stops part-way); with ``--against DB RUN`` only on the problems both runs
+  finished, so two protocols are compared on the same problems (parse rates still count every
+  deliberation of each run).
 
     python perf/bench_parse_rates.py sqlite:////tmp/bench/v2.db quick-v2 [--json]
+    python perf/bench_parse_rates.py sqlite:////tmp/bench/v1.db quick-v1 \
+        --against sqlite:////tmp/bench/v2.db quick-v2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections import Counter
 from typing import Any
 
 from sqlmodel import select
 
+from nsed.benchmarks.reports import wilson_interval
 from nsed.store import BenchResult, BenchRun, Store
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def summarise(url: str, run_id: str) -> dict[str, Any]:
+def _load(url: str, run_id: str) -> tuple[Store, list[BenchResult], list[str]]:
     store = Store(url)
     with store.transaction() as session:
         rows = list(session.exec(select(BenchResult).where(BenchResult.run_id == run_id)))
         run = session.get(BenchRun, run_id)
-    answers = [r for r in rows if r.sample == 0]
-    methods = run.methods.split(",") if run is not None else sorted({r.method for r in answers})
+    methods = run.methods.split(",") if run is not None else sorted({r.method for r in rows})
+    return store, rows, methods
+
+
+def complete_problems(url: str, run_id: str) -> set[str]:
+    """Problems on which every method of the run has its answer row."""
+    _, rows, methods = _load(url, run_id)
     by_problem: dict[str, set[str]] = {}
-    for r in answers:
-        by_problem.setdefault(r.problem_id, set()).add(r.method)
-    complete = sorted(p for p, got in by_problem.items() if got >= set(methods))
+    for r in rows:
+        if r.sample == 0:
+            by_problem.setdefault(r.problem_id, set()).add(r.method)
+    return {p for p, got in by_problem.items() if got >= set(methods)}
+
+
+def summarise(url: str, run_id: str, only: set[str] | None = None) -> dict[str, Any]:
+    store, rows, methods = _load(url, run_id)
+    answers = [r for r in rows if r.sample == 0]
+    complete = complete_problems(url, run_id)
+    if only is not None:
+        complete &= only
     accuracy = {}
     for method in methods:
         got = [r for r in answers if r.method == method and r.problem_id in complete]
         k = sum(bool(r.correct) for r in got)
-        low, high = wilson(k, len(got))
+        low, high = wilson_interval(k, len(got))
         accuracy[method] = {
             "correct": k,
             "n": len(got),
@@ -100,9 +109,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("db")
     parser.add_argument("run_id")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--against",
+        nargs=2,
+        metavar=("DB", "RUN_ID"),
+        help="a second run: accuracy of both on the problems both finished",
+    )
     args = parser.parse_args(argv)
-    report = summarise(args.db, args.run_id)
-    print(json.dumps(report, indent=1 if args.json else None))
+    indent = 1 if args.json else None
+    if args.against is None:
+        print(json.dumps(summarise(args.db, args.run_id), indent=indent))
+        return 0
+    other_db, other_run = args.against
+    common = complete_problems(args.db, args.run_id) & complete_problems(other_db, other_run)
+    reports = [summarise(args.db, args.run_id, common), summarise(other_db, other_run, common)]
+    print(json.dumps({"common_problems": sorted(common), "runs": reports}, indent=indent))
     return 0
 
 
