@@ -6,10 +6,11 @@ Reads the run's rows and the deliberation traces from the database ``nsed bench`
   answer, cut off at ``max_tokens``;
 * reviews: counted, dropped (by reason: unparseable, truncated, missing score, ...);
 * baseline samples (``single:*``, ``vote``): with a final answer;
-* accuracy per method with a Wilson 95 % interval, only on the problems every method finished
-  (a bounded run stops part-way); with ``--against DB RUN`` only on the problems both runs
-  finished, so two protocols are compared on the same problems (parse rates still count every
-  deliberation of each run).
+* accuracy per method with a Wilson 95 % interval and, against nsed, the discordant problems
+  (right by only one of the two: the pairs a paired test reads), only on the problems every
+  method finished (a bounded run stops part-way); with ``--against DB RUN`` only on the
+  problems both runs finished, so two protocols are compared on the same problems (parse rates
+  still count every deliberation of each run).
 
     python perf/bench_parse_rates.py sqlite:////tmp/bench/v2.db quick-v2 [--json]
     python perf/bench_parse_rates.py sqlite:////tmp/bench/v1.db quick-v1 \
@@ -66,6 +67,15 @@ def summarise(url: str, run_id: str, only: set[str] | None = None) -> dict[str, 
             "ci95": [round(low, 3), round(high, 3)],
             "completion_tokens": sum(r.completion_tokens for r in got) / max(1, len(got)),
         }
+    right = {(r.method, r.problem_id) for r in answers if r.correct and r.problem_id in complete}
+    paired = {  # discordant problems: which of the two got it right, on the same problems
+        method: {
+            "nsed_only": sum(("nsed", q) in right and (method, q) not in right for q in complete),
+            "method_only": sum((method, q) in right and ("nsed", q) not in right for q in complete),
+        }
+        for method in methods
+        if method != "nsed" and "nsed" in methods
+    }
     proposals = Counter()
     reviews: Counter[str] = Counter()
     rounds, stops = [], Counter()
@@ -92,6 +102,7 @@ def summarise(url: str, run_id: str, only: set[str] | None = None) -> dict[str, 
         "run": run_id,
         "problems_complete": len(complete),
         "accuracy": accuracy,
+        "paired_with_nsed": paired,
         "proposals": dict(proposals),
         "proposal_parse_rate": proposals["parsed"] / max(1, proposals["all"]),
         "proposal_final_rate": proposals["final"] / max(1, proposals["all"]),
