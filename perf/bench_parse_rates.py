@@ -39,9 +39,8 @@ def _load(url: str, run_id: str) -> tuple[Store, list[BenchResult], list[str]]:
     return store, rows, methods
 
 
-def complete_problems(url: str, run_id: str) -> set[str]:
+def _complete(rows: list[BenchResult], methods: list[str]) -> set[str]:
     """Problems on which every method of the run has its answer row."""
-    _, rows, methods = _load(url, run_id)
     by_problem: dict[str, set[str]] = {}
     for r in rows:
         if r.sample == 0:
@@ -49,10 +48,15 @@ def complete_problems(url: str, run_id: str) -> set[str]:
     return {p for p, got in by_problem.items() if got >= set(methods)}
 
 
+def complete_problems(url: str, run_id: str) -> set[str]:
+    _, rows, methods = _load(url, run_id)
+    return _complete(rows, methods)
+
+
 def summarise(url: str, run_id: str, only: set[str] | None = None) -> dict[str, Any]:
     store, rows, methods = _load(url, run_id)
     answers = [r for r in rows if r.sample == 0]
-    complete = complete_problems(url, run_id)
+    complete = _complete(rows, methods)
     if only is not None:
         complete &= only
     accuracy = {}
