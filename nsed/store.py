@@ -22,6 +22,9 @@ import contextlib
 import json
 import logging
 import os
+import random
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -304,10 +307,33 @@ def _sqlite_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     # The driver's own transaction handling off: the "begin" listener below says how to begin.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={_busy_timeout_ms()}")
+    _switch_to_wal(cursor)
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _switch_to_wal(cursor: sqlite3.Cursor) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while another process holds the lock.
+
+    On a new (empty) file the switch reads the header and then writes it, a lock upgrade for
+    which SQLite does not call the busy handler: of several processes opening a new store at
+    once (shards, Ray actors) all but one got "database is locked" at once, whatever the busy
+    timeout. So we wait here, up to the same timeout, with a short jittered back-off.
+    """
+    deadline = time.monotonic() + _busy_timeout_ms() / 1000
+    pause = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause * (0.5 + random.random()))
+        pause = min(pause * 2, 0.2)
 
 
 def _sqlite_begin(connection) -> None:  # type: ignore[no-untyped-def]

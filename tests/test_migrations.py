@@ -15,6 +15,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -208,20 +209,33 @@ def test_a_failed_upgrade_changes_nothing(tmp_path):
 
 
 def test_many_processes_opening_a_new_database_at_once_migrate_it_once(tmp_path):
-    db = tmp_path / "race.db"
+    """Eight processes, imports done, released together onto each of three new files: the
+    first statement on a new file (the switch to WAL) upgrades a lock without SQLite's busy
+    handler, which once failed all but one of them with "database is locked"."""
     code = (
-        "import sys\nfrom nsed.store import Store\n"
+        "import sys, time\nfrom pathlib import Path\nfrom nsed.store import Store\n"
+        "Path(sys.argv[2] + '.ready').touch()\n"
+        "while not Path(sys.argv[3]).exists(): time.sleep(0.001)\n"
         "s = Store(sys.argv[1]); print(s.schema_state().revision)\n"
     )
-    procs = [
-        subprocess.Popen([sys.executable, "-c", code, f"sqlite:///{db}"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(4)
-    ]
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0] * 4, [err for _, err in outs]
-    assert {out.strip() for out, _ in outs} == {migrations.head()}
-    assert schema_diff(Store(f"sqlite:///{db}")) == []
+    for round_ in range(3):
+        db, go = tmp_path / f"race{round_}.db", tmp_path / f"go{round_}"
+        marks = [tmp_path / f"p{round_}-{i}" for i in range(8)]
+        procs = [
+            subprocess.Popen([sys.executable, "-c", code, f"sqlite:///{db}", str(mark), str(go)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for mark in marks
+        ]
+        deadline = time.monotonic() + 120
+        while not all(m.with_name(m.name + ".ready").exists() for m in marks):
+            assert time.monotonic() < deadline, "the processes did not start"
+            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+            time.sleep(0.01)
+        go.touch()
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0] * 8, [err for _, err in outs]
+        assert {out.strip() for out, _ in outs} == {migrations.head()}
+        assert schema_diff(Store(f"sqlite:///{db}")) == []
 
 
 # --- nsed db ------------------------------------------------------------------------------------
