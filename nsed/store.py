@@ -307,13 +307,14 @@ def _sqlite_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     # The driver's own transaction handling off: the "begin" listener below says how to begin.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    cursor.execute(f"PRAGMA busy_timeout={_busy_timeout_ms()}")
-    _switch_to_wal(cursor)
+    timeout_ms = _busy_timeout_ms()
+    cursor.execute(f"PRAGMA busy_timeout={timeout_ms}")
+    _switch_to_wal(cursor, timeout_ms / 1000)
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
 
-def _switch_to_wal(cursor: sqlite3.Cursor) -> None:
+def _switch_to_wal(cursor: sqlite3.Cursor, timeout_s: float) -> None:
     """``PRAGMA journal_mode=WAL``, retried while another process holds the lock.
 
     On a new (empty) file the switch reads the header and then writes it, a lock upgrade for
@@ -321,7 +322,7 @@ def _switch_to_wal(cursor: sqlite3.Cursor) -> None:
     once (shards, Ray actors) all but one got "database is locked" at once, whatever the busy
     timeout. So we wait here, up to the same timeout, with a short jittered back-off.
     """
-    deadline = time.monotonic() + _busy_timeout_ms() / 1000
+    deadline = time.monotonic() + timeout_s
     pause = 0.005
     while True:
         try:

@@ -214,20 +214,20 @@ def test_many_processes_opening_a_new_database_at_once_migrate_it_once(tmp_path)
     handler, which once failed all but one of them with "database is locked"."""
     code = (
         "import sys, time\nfrom pathlib import Path\nfrom nsed.store import Store\n"
-        "Path(sys.argv[2] + '.ready').touch()\n"
+        "Path(sys.argv[2]).touch()\n"
         "while not Path(sys.argv[3]).exists(): time.sleep(0.001)\n"
         "s = Store(sys.argv[1]); print(s.schema_state().revision)\n"
     )
     for round_ in range(3):
         db, go = tmp_path / f"race{round_}.db", tmp_path / f"go{round_}"
-        marks = [tmp_path / f"p{round_}-{i}" for i in range(8)]
+        ready = [tmp_path / f"p{round_}-{i}.ready" for i in range(8)]
         procs = [
             subprocess.Popen([sys.executable, "-c", code, f"sqlite:///{db}", str(mark), str(go)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for mark in marks
+            for mark in ready
         ]
         deadline = time.monotonic() + 120
-        while not all(m.with_name(m.name + ".ready").exists() for m in marks):
+        while not all(mark.exists() for mark in ready):
             assert time.monotonic() < deadline, "the processes did not start"
             assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
             time.sleep(0.01)
